@@ -1,0 +1,1 @@
+//! Integration tests: domain (see the module docs as they are filled in).

@@ -1,0 +1,1 @@
+//! Integration tests: sandbox (see the module docs as they are filled in).

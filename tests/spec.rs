@@ -1,0 +1,1 @@
+//! Integration tests: spec (see the module docs as they are filled in).
