@@ -111,6 +111,22 @@ pub enum Command {
     Status,
     /// Attach the terminal to the VM's serial console (detach with Ctrl-]).
     Console,
+    /// Developer tools: run the embedded DHCP server alone (tests and benchmarks).
+    #[command(subcommand, hide = true)]
+    Dhcp(DhcpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DhcpCommand {
+    /// Serve DHCPv4 from a JSON `V4Config` file (a list of them) until SIGTERM/SIGINT.
+    Serve(DhcpServeArgs),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DhcpServeArgs {
+    /// JSON file holding a list of `V4Config` objects.
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
 }
 
 #[derive(Debug, Clone, Args)]

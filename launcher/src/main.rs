@@ -1,7 +1,7 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use launcher::cli::{Cli, Command, NetworkCommand};
+use launcher::cli::{Cli, Command, DhcpCommand, NetworkCommand};
 use launcher::error::{exit_kind_of, ExitKind};
 
 fn main() -> ExitCode {
@@ -25,6 +25,7 @@ fn main() -> ExitCode {
         Command::Run(a) => launcher::supervise::cmd_run(g, a),
         Command::Status => launcher::supervise::cmd_status(g),
         Command::Console => launcher::supervise::cmd_console(g),
+        Command::Dhcp(DhcpCommand::Serve(a)) => launcher::dhcp::cmd_serve(g, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -6,7 +6,10 @@ use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
 
+use crate::cli::{DhcpServeArgs, GlobalArgs};
 use crate::error::{Classify, ExitKind};
+
+pub mod server;
 
 /// Everything one DHCPv4 server needs, as plain data (built by `net`, served by `dhcp`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,4 +68,9 @@ impl Classify for DhcpError {
     fn exit_kind(&self) -> ExitKind {
         ExitKind::Internal
     }
+}
+
+/// `launcher dhcp serve --config FILE` (hidden): serve DHCPv4 alone, for tests and benchmarks.
+pub fn cmd_serve(_g: &GlobalArgs, _a: &DhcpServeArgs) -> anyhow::Result<u8> {
+    Err(crate::error::not_implemented("dhcp serve"))
 }
