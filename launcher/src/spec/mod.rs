@@ -424,4 +424,179 @@ mod tests {
         let msg = parse_str(text, "t").unwrap_err().to_string();
         assert!(msg.contains("spec.domain.cpu.cores"), "{msg}");
     }
+
+    /// Every field KubeVirt users write, spelled as KubeVirt spells it: none may be "unknown"
+    /// (a misspelt rename would silently drop the field).
+    #[test]
+    fn kubevirt_field_names_are_all_known() {
+        let text = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: full, generateName: f-, namespace: ns, uid: u, labels: {a: b}, annotations: {c: d}}
+spec:
+  hostname: h
+  subdomain: s
+  terminationGracePeriodSeconds: 5
+  evictionStrategy: None
+  nodeSelector: {a: b}
+  affinity: {}
+  tolerations: []
+  schedulerName: x
+  priorityClassName: x
+  livenessProbe: {}
+  readinessProbe: {}
+  dnsPolicy: ClusterFirst
+  dnsConfig: {}
+  accessCredentials: []
+  architecture: amd64
+  resourceClaims: []
+  domain:
+    ioThreadsPolicy: auto
+    chassis: {manufacturer: m, version: v, serial: s, asset: a, sku: k}
+    launchSecurity: {}
+    resources: {requests: {cpu: 1}, limits: {memory: 1Gi}, overcommitGuestOverhead: true}
+    cpu: {cores: 1, sockets: 1, threads: 1, maxSockets: 2, model: host-model, features: [{name: x, policy: require}], dedicatedCpuPlacement: false, isolateEmulatorThread: false, numa: {}, realtime: {}}
+    memory: {guest: 1Gi, maxGuest: 2Gi, hugepages: {pageSize: 2Mi}}
+    machine: {type: q35}
+    firmware:
+      uuid: 5d307ca9-b3ef-428c-8861-06e72d69f223
+      serial: s
+      acpi: {}
+      bootloader: {bios: {useSerial: true}, efi: {secureBoot: true, persistent: true}}
+      kernelBoot: {kernelArgs: a, container: {image: i, kernelPath: /k, initrdPath: /i, imagePullPolicy: Always, imagePullSecret: s}}
+    clock:
+      utc: {offsetSeconds: 1}
+      timezone: UTC
+      timer: {hpet: {present: true, tickPolicy: delay}, kvm: {present: true}, pit: {present: true}, rtc: {present: true, track: guest}, hyperv: {present: true}}
+    features:
+      acpi: {enabled: true}
+      apic: {enabled: true, endOfInterrupt: false}
+      smm: {enabled: true}
+      pvspinlock: {enabled: true}
+      hypervPassthrough: {enabled: false}
+      kvm: {hidden: true}
+      hyperv: {relaxed: {}, vapic: {}, spinlocks: {enabled: true, spinlocks: 4096}, vpindex: {}, runtime: {}, synic: {}, synictimer: {}, reset: {}, vendorid: {enabled: true, vendorid: v}, frequencies: {}, reenlightenment: {}, tlbflush: {}, ipi: {}, evmcs: {}}
+    devices:
+      networkInterfaceMultiqueue: true
+      autoattachPodInterface: true
+      autoattachGraphicsDevice: true
+      autoattachSerialConsole: true
+      autoattachMemBalloon: true
+      autoattachInputDevice: true
+      autoattachVSOCK: true
+      useVirtioTransitional: false
+      blockMultiQueue: true
+      disableHotplug: false
+      rng: {}
+      tpm: {enabled: true, persistent: false}
+      watchdog: {name: w, i6300esb: {action: reset}}
+      inputs: [{name: t, type: tablet, bus: usb}]
+      clientPassthrough: {}
+      sound: {name: s}
+      gpus: [{name: g, deviceName: d, claimName: c, requestName: r, virtualGPUOptions: {}}]
+      hostDevices: [{name: h, deviceName: d, claimName: c, requestName: r}]
+      filesystems: [{name: f, virtiofs: {}}]
+      disks:
+      - {name: a, disk: {bus: virtio, readonly: true, pciAddress: "0000:00:05.0"}, bootOrder: 1, serial: s, dedicatedIOThread: true, cache: none, io: native, shareable: false, errorPolicy: stop, blockSize: {}, tag: t}
+      - {name: b, cdrom: {bus: sata, readonly: true, tray: closed}}
+      - {name: c, lun: {bus: scsi, readonly: false, reservation: false}}
+      interfaces:
+      - name: default
+        bridge: {}
+        model: virtio
+        macAddress: "02:00:00:00:00:01"
+        ports: [{name: http, protocol: TCP, port: 80}]
+        pciAddress: "0000:00:06.0"
+        bootOrder: 2
+        dhcpOptions: {bootFileName: b, tftpServerName: t, ntpServers: [10.0.0.1], privateOptions: [{option: 240, value: v}]}
+        state: up
+        acpiIndex: 1
+        tag: t
+      - {name: m, masquerade: {}}
+      - {name: v, macvtap: {}}
+      - {name: s, sriov: {}}
+      - {name: p, passt: {}}
+      - {name: l, slirp: {}}
+      - {name: x, binding: {name: tc-redirect}}
+  networks:
+  - {name: default, pod: {vmNetworkCIDR: 10.0.2.0/24, vmIPv6NetworkCIDR: "fd10::/120"}}
+  - {name: m, multus: {networkName: n, default: false}}
+  volumes:
+  - {name: a, containerDisk: {image: i, imagePullPolicy: Always, imagePullSecret: s, path: /p}}
+  - {name: b, cloudInitNoCloud: {userData: u, userDataBase64: dQ==, networkData: n, networkDataBase64: bg==, secretRef: {name: s}, networkDataSecretRef: {name: s}}}
+  - {name: c, cloudInitConfigDrive: {userData: u}}
+  - {name: d, emptyDisk: {capacity: 1Gi}}
+  - {name: e, persistentVolumeClaim: {claimName: c, readOnly: true, hotpluggable: false}}
+  - {name: f, dataVolume: {name: d, hotpluggable: false}}
+  - {name: g, hostDisk: {path: /p, type: Disk, capacity: 1Gi, shared: false}}
+  - {name: h, ephemeral: {persistentVolumeClaim: {claimName: c}}}
+  - {name: i, configMap: {name: c, optional: true, volumeLabel: l}}
+  - {name: j, secret: {secretName: s, optional: true, volumeLabel: l}}
+  - {name: k, serviceAccount: {serviceAccountName: s}}
+  - {name: l, downwardAPI: {fields: [], volumeLabel: l}}
+  - {name: m, sysprep: {}}
+  - {name: n, memoryDump: {}}
+"#;
+        let l = parse_str(text, "full").unwrap();
+        assert_eq!(l.unknown_fields, Vec::<String>::new());
+        let net = &l.vmi.spec.networks[0].pod.as_ref().unwrap();
+        assert_eq!(net.vm_network_cidr.as_deref(), Some("10.0.2.0/24"));
+        assert_eq!(net.vm_ipv6_network_cidr.as_deref(), Some("fd10::/120"));
+        assert_eq!(
+            l.vmi.spec.domain.devices.disks[0].dedicated_io_thread,
+            Some(true)
+        );
+        assert_eq!(l.vmi.spec.domain.devices.autoattach_vsock, Some(true));
+    }
+
+    #[test]
+    fn replica_sets_and_pools_are_unwrapped_with_file_paths() {
+        let rs = "kind: VirtualMachineInstanceReplicaSet\nmetadata: {name: rs}\nspec:\n  template:\n    spec:\n      domain: {devices: {gpus: [{name: g}]}}\n";
+        let l = parse_str(rs, "t").unwrap();
+        assert_eq!(l.vmi.metadata.name.as_deref(), Some("rs"));
+        let (_, problems) = l.default_and_validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "spec.template.spec.domain.devices.gpus[0]"),
+            "{problems:#?}"
+        );
+        let pool = "kind: VirtualMachinePool\nmetadata: {name: pool}\nspec:\n  virtualMachineTemplate:\n    spec:\n      template:\n        spec:\n          domain: {devices: {}, memory: {guest: 1Gi}}\n";
+        let l = parse_str(pool, "t").unwrap();
+        assert_eq!(l.path_prefix, "spec.virtualMachineTemplate.spec.template.");
+        let (vmi, problems) = l.default_and_validate();
+        assert_eq!(problems, vec![]);
+        assert_eq!(vmi.metadata.name.as_deref(), Some("pool"));
+    }
+
+    #[test]
+    fn a_vm_instancetype_is_refused_at_the_vm_path() {
+        let vm = "kind: VirtualMachine\nmetadata: {name: vm}\nspec:\n  instancetype: {name: u1.small}\n  template:\n    spec:\n      domain: {devices: {}, memory: {guest: 1Gi}}\n";
+        let (_, problems) = parse_str(vm, "t").unwrap().default_and_validate();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].path, "spec.instancetype");
+        assert!(problems[0]
+            .message
+            .contains("not supported by this launcher"));
+    }
+
+    #[test]
+    fn vm_type_errors_and_unknown_fields_use_file_paths() {
+        let vm = "kind: VirtualMachine\nmetadata: {name: vm}\nspec:\n  template:\n    spec:\n      newThing: 1\n      domain: {devices: {}}\n";
+        let l = parse_str(vm, "t").unwrap();
+        assert_eq!(l.unknown_fields, vec!["spec.template.spec.newThing"]);
+        let bad = "kind: VirtualMachine\nspec:\n  template:\n    spec:\n      domain: {cpu: {cores: many}}\n";
+        let msg = parse_str(bad, "t").unwrap_err().to_string();
+        assert!(msg.contains("spec.template.spec.domain.cpu.cores"), "{msg}");
+    }
+
+    #[test]
+    fn other_kinds_and_non_objects_are_refused() {
+        let e = parse_str("kind: Pod\n", "t").unwrap_err();
+        assert!(matches!(e, SpecError::WrongKind { .. }), "{e}");
+        let e = parse_str("- a\n- b\n", "t").unwrap_err();
+        assert!(e.to_string().contains("found a list"), "{e}");
+        let e = parse_str("kind: VirtualMachine\nspec: {}\n", "t").unwrap_err();
+        assert!(e.to_string().contains("has no spec.template"), "{e}");
+    }
 }

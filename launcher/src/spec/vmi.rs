@@ -535,7 +535,11 @@ pub struct Gpu {
     pub request_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "virtualGPUOptions",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub virtual_gpu_options: Option<serde_json::Value>,
 }
 
