@@ -73,14 +73,11 @@ fn format_problems(problems: &[Problem]) -> String {
     s
 }
 
+/// Every spec error is the user's input (or its absence): exit 2. A VMI file that cannot be read
+/// (missing, unreadable) is a usage error too: the path is named in the message.
 impl Classify for SpecError {
     fn exit_kind(&self) -> ExitKind {
-        match self {
-            SpecError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                ExitKind::InvalidSpec
-            }
-            _ => ExitKind::InvalidSpec,
-        }
+        ExitKind::InvalidSpec
     }
 }
 
@@ -190,7 +187,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Loaded, SpecError> {
     let vmi = result.map_err(|e| SpecError::Type {
         origin: origin.to_string(),
         path: prefixed(json_path(&track.path().to_string())),
-        message: e.to_string(),
+        message: humanize_type_error(&e.to_string()),
     })?;
     Ok(Loaded {
         vmi,
@@ -199,6 +196,27 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Loaded, SpecError> {
         path_prefix: prefix,
         wrapper_problems: problems,
     })
+}
+
+/// serde's type errors name Rust types (`expected u32`, `expected struct Cpu`); say what a
+/// manifest author would call them.
+fn humanize_type_error(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for (rust, human) in [
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected an object"),
+    ] {
+        out = out.replace(rust, human);
+    }
+    if let Some(i) = out.find("expected struct ") {
+        out.truncate(i);
+        out.push_str("expected an object");
+    }
+    out
 }
 
 fn strip_location(msg: &str) -> String {
@@ -422,7 +440,27 @@ mod tests {
     fn type_errors_name_the_path() {
         let text = "spec:\n  domain:\n    cpu:\n      cores: many\n";
         let msg = parse_str(text, "t").unwrap_err().to_string();
-        assert!(msg.contains("spec.domain.cpu.cores"), "{msg}");
+        assert_eq!(
+            msg,
+            "t: spec.domain.cpu.cores: invalid type: string \"many\", expected a whole number (0 or more)"
+        );
+        let msg = parse_str("spec: {domain: {cpu: 3}}", "t")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "t: spec.domain.cpu: invalid type: integer `3`, expected an object"
+        );
+        let msg = parse_str("spec: {volumes: {}}", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.ends_with("expected a list"), "{msg}");
+    }
+
+    #[test]
+    fn an_empty_document_is_refused_plainly() {
+        let msg = parse_str("", "t").unwrap_err().to_string();
+        assert!(msg.contains("found an empty document"), "{msg}");
     }
 
     /// Every field KubeVirt users write, spelled as KubeVirt spells it: none may be "unknown"
