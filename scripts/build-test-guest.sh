@@ -243,11 +243,13 @@ for n in $NICS; do ip link set dev "$n" up; done
 if [ -z "$NICS" ]; then
   echo "GUEST-DHCP none"
 elif [ "$DHCP" = 1 ]; then
+  pids=""
   for n in $NICS; do
     udhcpc -f -q -n -t 5 -T 2 -i "$n" -s /etc/udhcpc/script \
       -O search -O staticroutes -O mtu -O hostname -O domain >"/tmp/udhcpc.$n.log" 2>&1 &
+    pids="$pids $!"
   done
-  wait
+  wait $pids
   for n in $NICS; do
     if [ -s "/tmp/lease.$n" ]; then
       cat "/tmp/lease.$n"
@@ -300,4 +302,8 @@ cp "$KERNEL" "$WORK/out/vmlinuz"
 touch "$WORK/out/.complete"
 rm -rf "$DEST"
 mv "$WORK/out" "$DEST"
+# Older builds (another kernel or script version) are not needed any more.
+for old in "$CACHE"/*/; do
+  [[ ${old%/} == "$DEST" ]] || rm -rf "${old%/}"
+done
 emit

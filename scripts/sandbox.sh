@@ -456,7 +456,7 @@ cmd_add_guest() {
   }
   trap cleanup_guest EXIT
   local mtu
-  mtu=$(ip -n "$name" -j link show dev "$br" | jq -r '.[0].mtu')
+  mtu=$(meta_get "$name" mtu) # a VM's NIC and its tap get the pod's MTU
   ip -n "$name" link add "$port" mtu "$mtu" type veth peer name "$gif" netns "$g" mtu "$mtu" address "$mac"
   ip -n "$name" link set "$port" master "$br"
   ip -n "$name" link set "$port" up

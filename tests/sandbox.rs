@@ -67,14 +67,24 @@ fn check_dns_and_hostname(pod: &Sandbox, hostname: &str, dual: bool) {
         resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local\n"),
         "{resolv}"
     );
-    assert_eq!(resolv.contains("nameserver fd00:10:96::a\n"), dual, "{resolv}");
+    assert_eq!(
+        resolv.contains("nameserver fd00:10:96::a\n"),
+        dual,
+        "{resolv}"
+    );
     assert_eq!(pod.exec_ok(&["hostname"]).trim(), hostname);
     assert_eq!(pod.exec_ok(&["cat", "/etc/hostname"]).trim(), hostname);
     let hosts = pod.exec_ok(&["cat", "/etc/hosts"]);
-    assert!(hosts.contains(&format!("10.244.1.5\t{hostname}")), "{hosts}");
+    assert!(
+        hosts.contains(&format!("10.244.1.5\t{hostname}")),
+        "{hosts}"
+    );
     // The host's own files are untouched.
     let host_resolv = fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
-    assert!(!host_resolv.contains("10.96.0.10"), "host resolv.conf changed");
+    assert!(
+        !host_resolv.contains("10.96.0.10"),
+        "host resolv.conf changed"
+    );
 }
 
 #[test]
@@ -86,7 +96,10 @@ fn flannel_pod_has_its_network_identity() {
         (i.style.as_str(), i.mtu, i.pod_prefix),
         ("flannel", 1450, 24)
     );
-    assert_eq!((i.gateway.as_str(), i.node_ip.as_str()), ("10.244.1.1", "10.244.1.1"));
+    assert_eq!(
+        (i.gateway.as_str(), i.node_ip.as_str()),
+        ("10.244.1.1", "10.244.1.1")
+    );
     assert_eq!(i.pod_netns, pod.name);
     assert_eq!(i.node_netns, format!("{}-node", pod.name));
     assert_eq!(i.node_veth, format!("vp-{}", pod.name));
@@ -98,8 +111,14 @@ fn flannel_pod_has_its_network_identity() {
     );
     assert!(pod_addrs(&pod, "eth0", "inet6").1.is_empty());
     let r = routes(&pod, "-4");
-    assert!(r.contains(&"default via 10.244.1.1 dev eth0".to_string()), "{r:?}");
-    assert!(r.contains(&"10.244.1.0/24 dev eth0 scope link".to_string()), "{r:?}");
+    assert!(
+        r.contains(&"default via 10.244.1.1 dev eth0".to_string()),
+        "{r:?}"
+    );
+    assert!(
+        r.contains(&"10.244.1.0/24 dev eth0 scope link".to_string()),
+        "{r:?}"
+    );
     // eth0 is a veth whose peer is the node-side veth, which carries the gateway.
     let link = json(&pod.exec_ok(&["ip", "-j", "-d", "link", "show", "dev", "eth0"]));
     assert_eq!(link[0]["linkinfo"]["info_kind"], "veth");
@@ -108,7 +127,10 @@ fn flannel_pod_has_its_network_identity() {
     assert_eq!(node[0]["addr_info"][0]["local"], "10.244.1.1");
 
     assert!(pod_pings(&pod, &i.node_ip), "pod cannot reach its node");
-    assert!(pod_pings(&pod, &i.remote_ip), "pod cannot reach beyond its node");
+    assert!(
+        pod_pings(&pod, &i.remote_ip),
+        "pod cannot reach beyond its node"
+    );
     check_dns_and_hostname(&pod, &pod.name, false);
 }
 
@@ -221,11 +243,17 @@ fn run_and_libvirt_dirs_are_private_and_persistent() {
     // A second exec sees the same private /run (a socket of a daemon started earlier would be
     // found); the host and the other pod do not.
     assert_eq!(pod.exec_ok(&["cat", &marker]).trim(), "one");
-    assert!(pod.exec(&["test", "-d", "/var/run/kubevirt-private"]).status.success());
+    assert!(pod
+        .exec(&["test", "-d", "/var/run/kubevirt-private"])
+        .status
+        .success());
     assert!(!Path::new(&marker).exists(), "pod /run leaked to the host");
     assert!(!other.exec(&["test", "-e", &marker]).status.success());
     assert!(!Path::new("/etc/libvirt/sandbox-test").exists());
-    assert!(!other.exec(&["test", "-e", "/etc/libvirt/sandbox-test"]).status.success());
+    assert!(!other
+        .exec(&["test", "-e", "/etc/libvirt/sandbox-test"])
+        .status
+        .success());
     for d in [
         "/run",
         "/etc/libvirt",
@@ -252,7 +280,10 @@ fn run_and_libvirt_dirs_are_private_and_persistent() {
         if o.status.success() {
             break stdout(&o).trim().to_string();
         }
-        assert!(start.elapsed() < Duration::from_secs(10), "daemon.pid never appeared");
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "daemon.pid never appeared"
+        );
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(pid, child.id().to_string());
@@ -307,7 +338,12 @@ fn wait_exit(child: &mut Child, what: &str) {
 
 fn pid_alive(pid: &str) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(s) => !s
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -339,7 +375,10 @@ fn destroy_leaves_nothing_behind() {
     wait_exit(&mut in_pod, "a process in the pod");
     wait_exit(&mut in_node, "a process in the node namespace");
     wait_exit(&mut in_guest, "a process in the guest namespace");
-    assert!(!pid_alive(&orphan), "orphaned pod process {orphan} survived destroy");
+    assert!(
+        !pid_alive(&orphan),
+        "orphaned pod process {orphan} survived destroy"
+    );
     assert_eq!(host_traces(&name), Vec::<String>::new());
     // Idempotent.
     run_ok(Command::new(sandbox_script()).args(["destroy", &name]));
@@ -357,8 +396,15 @@ fn failed_create_removes_the_half_made_pod() {
             .unwrap();
         assert!(!out.status.success());
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains(&format!("injected failure at \"{point}\"")), "{err}");
-        assert_eq!(host_traces(&name), Vec::<String>::new(), "after failing at {point}");
+        assert!(
+            err.contains(&format!("injected failure at \"{point}\"")),
+            "{err}"
+        );
+        assert_eq!(
+            host_traces(&name),
+            Vec::<String>::new(),
+            "after failing at {point}"
+        );
     }
     // Bad arguments are refused before anything is made, with a clear message.
     let name = unique_name();
@@ -367,7 +413,9 @@ fn failed_create_removes_the_half_made_pod() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--style must be flannel, calico or dual"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--style must be flannel, calico or dual")
+    );
     let out = Command::new(sandbox_script())
         .args(["create", "much-too-long"])
         .output()
@@ -396,7 +444,14 @@ fn snapshot_is_stable_and_sees_changes() {
     require_root();
     let pod = Sandbox::create(Style::Dual);
     let a = pod.snapshot();
-    for section in ["### links", "### addresses", "### routes ipv4", "### routes ipv6", "### nftables", "### sysctls"] {
+    for section in [
+        "### links",
+        "### addresses",
+        "### routes ipv4",
+        "### routes ipv6",
+        "### nftables",
+        "### sysctls",
+    ] {
         assert!(a.contains(section), "snapshot lacks {section}");
     }
     assert!(a.contains("fd00:10:244:1::5"));
@@ -405,17 +460,33 @@ fn snapshot_is_stable_and_sees_changes() {
     assert_eq!(a, pod.snapshot(), "snapshot changes over time by itself");
 
     let changes: [(&str, &str); 5] = [
-        ("ip addr add 192.0.2.9/32 dev eth0", "ip addr del 192.0.2.9/32 dev eth0"),
+        (
+            "ip addr add 192.0.2.9/32 dev eth0",
+            "ip addr del 192.0.2.9/32 dev eth0",
+        ),
         ("ip link set eth0 mtu 1400", "ip link set eth0 mtu 1450"),
-        ("ip route add 198.51.100.0/24 via 10.244.1.1", "ip route del 198.51.100.0/24"),
-        ("nft add table inet sbxtest", "nft delete table inet sbxtest"),
-        ("sysctl -qw net.ipv4.conf.eth0.proxy_arp=1", "sysctl -qw net.ipv4.conf.eth0.proxy_arp=0"),
+        (
+            "ip route add 198.51.100.0/24 via 10.244.1.1",
+            "ip route del 198.51.100.0/24",
+        ),
+        (
+            "nft add table inet sbxtest",
+            "nft delete table inet sbxtest",
+        ),
+        (
+            "sysctl -qw net.ipv4.conf.eth0.proxy_arp=1",
+            "sysctl -qw net.ipv4.conf.eth0.proxy_arp=0",
+        ),
     ];
     for (change, undo) in changes {
         pod.sh(change);
         assert_ne!(a, pod.snapshot(), "snapshot missed: {change}");
         pod.sh(undo);
-        assert_eq!(a, pod.snapshot(), "snapshot differs after undoing: {change}");
+        assert_eq!(
+            a,
+            pod.snapshot(),
+            "snapshot differs after undoing: {change}"
+        );
     }
 }
 
@@ -440,12 +511,22 @@ fn guest_stand_in_joins_a_pod_bridge() {
     // The guest has its own hostname and /run, separate from the pod's.
     assert_eq!(g.exec_ok(&["hostname"]).trim(), g.netns);
     g.sh("touch /run/guest-only");
-    assert!(!pod.exec(&["test", "-e", "/run/guest-only"]).status.success());
+    assert!(!pod
+        .exec(&["test", "-e", "/run/guest-only"])
+        .status
+        .success());
     // A second guest gets the next number; add-guest without a bridge is refused.
     let g2 = pod.add_guest("br0", "02:00:00:00:aa:08");
     assert_eq!(g2.netns, format!("{}-g2", pod.name));
     let out = Command::new(sandbox_script())
-        .args(["add-guest", &pod.name, "--bridge", "nobr", "--mac", "02:00:00:00:aa:09"])
+        .args([
+            "add-guest",
+            &pod.name,
+            "--bridge",
+            "nobr",
+            "--mac",
+            "02:00:00:00:aa:09",
+        ])
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&out.stderr).contains("no bridge \"nobr\""));
@@ -468,7 +549,10 @@ fn secondary_network_for_multus() {
     assert!(pod_pings(&pod, "10.245.1.1"));
     // The default route stays on eth0.
     let r = routes(&pod, "-4");
-    assert!(r.contains(&"default via 10.244.1.1 dev eth0".to_string()), "{r:?}");
+    assert!(
+        r.contains(&"default via 10.244.1.1 dev eth0".to_string()),
+        "{r:?}"
+    );
     let l2 = pod.add_secondary("net2", "l2", Some("10.246.0.0/16"));
     assert!(l2["pod_ip"].is_null());
     assert!(pod_addrs(&pod, "net2", "inet").1.is_empty());
@@ -482,14 +566,23 @@ fn secondary_network_for_multus() {
 fn qemu_cmd(serial: &Path, cmdline: &str) -> Command {
     let g = test_guest();
     let mut c = Command::new("qemu-system-x86_64");
-    c.args(["-accel", "tcg", "-m", "256", "-smp", "1", "-nodefaults", "-no-reboot"])
-        .args(["-display", "none", "-serial"])
-        .arg(format!("file:{}", serial.display()))
-        .arg("-kernel")
-        .arg(&g.kernel)
-        .arg("-initrd")
-        .arg(&g.initrd)
-        .args(["-append", &guest_cmdline(cmdline)]);
+    c.args([
+        "-accel",
+        "tcg",
+        "-m",
+        "256",
+        "-smp",
+        "1",
+        "-nodefaults",
+        "-no-reboot",
+    ])
+    .args(["-display", "none", "-serial"])
+    .arg(format!("file:{}", serial.display()))
+    .arg("-kernel")
+    .arg(&g.kernel)
+    .arg("-initrd")
+    .arg(&g.initrd)
+    .args(["-append", &guest_cmdline(cmdline)]);
     c
 }
 
@@ -523,7 +616,10 @@ fn test_guest_boots_under_tcg_without_nic() {
     let (ready, log) = wait_for_text(&serial, "GUEST-READY", guest_boot_timeout());
     if !ready {
         let _ = child.kill();
-        panic!("no GUEST-READY within {:?}; serial log:\n{log}", guest_boot_timeout());
+        panic!(
+            "no GUEST-READY within {:?}; serial log:\n{log}",
+            guest_boot_timeout()
+        );
     }
     eprintln!("GUEST-READY after {:?}", start.elapsed());
     // The guest powers itself off (guest.poweroff=0): qemu exits cleanly.
@@ -531,7 +627,11 @@ fn test_guest_boots_under_tcg_without_nic() {
     assert!(status.success(), "qemu: {status}");
     let log = fs::read_to_string(&serial).unwrap();
     assert_eq!(marker_lines(&log, "GUEST-BOOT").len(), 1, "{log}");
-    assert_eq!(marker_lines(&log, "GUEST-DHCP"), vec!["GUEST-DHCP none"], "{log}");
+    assert_eq!(
+        marker_lines(&log, "GUEST-DHCP"),
+        vec!["GUEST-DHCP none"],
+        "{log}"
+    );
     assert_eq!(marker_lines(&log, "GUEST-POWEROFF").len(), 1, "{log}");
 }
 
@@ -547,7 +647,10 @@ fn test_guest_dhcp_ping_listen_and_acpi_poweroff() {
     let mon = tmp.path().join("mon.sock");
     let mut qemu = qemu_cmd(&serial, "guest.ping=10.0.2.2 guest.listen=7777");
     qemu.args(["-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:7777-:7777"])
-        .args(["-device", "virtio-net-pci,netdev=n0,mac=02:00:00:00:bb:01,romfile="])
+        .args([
+            "-device",
+            "virtio-net-pci,netdev=n0,mac=02:00:00:00:bb:01,romfile=",
+        ])
         .arg("-monitor")
         .arg(format!("unix:{},server,nowait", mon.display()));
     let prog = qemu.get_program().to_str().unwrap().to_string();
@@ -567,12 +670,20 @@ fn test_guest_dhcp_ping_listen_and_acpi_poweroff() {
     let dhcp = marker_lines(&log, "GUEST-DHCP");
     assert_eq!(dhcp.len(), 1, "{log}");
     assert!(
-        dhcp[0].starts_with("GUEST-DHCP iface=eth0 ip=10.0.2.15 mask=24 router=10.0.2.2 dns=10.0.2.3 "),
+        dhcp[0].starts_with(
+            "GUEST-DHCP iface=eth0 ip=10.0.2.15 mask=24 router=10.0.2.2 dns=10.0.2.3 "
+        ),
         "{}",
         dhcp[0]
     );
-    assert_eq!(marker_lines(&log, "GUEST-PING"), vec!["GUEST-PING ip=10.0.2.2 ok"]);
-    assert_eq!(marker_lines(&log, "GUEST-LISTEN"), vec!["GUEST-LISTEN port=7777"]);
+    assert_eq!(
+        marker_lines(&log, "GUEST-PING"),
+        vec!["GUEST-PING ip=10.0.2.2 ok"]
+    );
+    assert_eq!(
+        marker_lines(&log, "GUEST-LISTEN"),
+        vec!["GUEST-LISTEN port=7777"]
+    );
     // The listener answers (through qemu's port forward, inside the pod).
     let hello = pod.exec_ok(&["sh", "-c", "busybox nc 127.0.0.1 7777 </dev/null"]);
     assert_eq!(hello, "HELLO-FROM-GUEST\n");
@@ -585,6 +696,9 @@ fn test_guest_dhcp_ping_listen_and_acpi_poweroff() {
     m.write_all(b"system_powerdown\n").unwrap();
     let status = wait_child(&mut child, Duration::from_secs(60));
     let log = fs::read_to_string(&serial).unwrap();
-    assert!(status.is_some(), "guest ignored the ACPI power button:\n{log}");
+    assert!(
+        status.is_some(),
+        "guest ignored the ACPI power button:\n{log}"
+    );
     assert_eq!(marker_lines(&log, "GUEST-ACPI-POWEROFF").len(), 1, "{log}");
 }

@@ -447,7 +447,9 @@ pub fn test_guest() -> TestGuest {
 /// Kernel command line for the test guest: serial console, quiet, reboot (= exit with
 /// `-no-reboot`) on panic, plus the `guest.*` options (see scripts/build-test-guest.sh).
 pub fn guest_cmdline(extra: &str) -> String {
-    format!("console=ttyS0 quiet panic=-1 {extra}").trim().to_string()
+    format!("console=ttyS0 quiet panic=-1 {extra}")
+        .trim()
+        .to_string()
 }
 
 /// Polls `path` until it contains `needle` or `timeout` passes; returns the file's content and
