@@ -738,6 +738,48 @@ fn end_to_end(style: &str) {
     let served = Served::start(&sb, &vmi);
     let mac = served.mac();
 
+    // A request from the node side, even with the VM's MAC and asking for broadcast replies,
+    // gets no answer (the nft guard). Control: without the guard table the same request IS
+    // answered, so this check can fail; re-running setup (convergence) puts the guard back.
+    let nv = sb.info_str("node_veth");
+    let node = format!("{}-node", sb.name);
+    let spoof = "sbspoof";
+    let o = Command::new("ip")
+        .args([
+            "-n", &node, "link", "add", spoof, "address", &mac, "link", &nv,
+        ])
+        .args(["type", "macvlan", "mode", "bridge"])
+        .output()
+        .unwrap();
+    assert_ok(&o, "adding the node-side macvlan");
+    let o = Command::new("ip")
+        .args(["-n", &node, "link", "set", spoof, "up"])
+        .output()
+        .unwrap();
+    assert_ok(&o, "setting the node-side macvlan up");
+    let (ok, env) = udhcpc(&sb, "node", &sb.name, spoof, "node", 2);
+    assert!(
+        !ok,
+        "a DHCP request from the node side got an answer: {env:?}"
+    );
+    let o = sb.exec(
+        &sb.name,
+        &["nft", "delete", "table", "bridge", "launcher_dhcp_guard"],
+    );
+    assert_ok(&o, "deleting the guard (control)");
+    let (ok, env) = udhcpc(&sb, "node", &sb.name, spoof, "control", 3);
+    assert!(
+        ok,
+        "control: without the guard the node-side request should be answered ({env:?})"
+    );
+    let o = sb.launcher(&vmi, &["setup"], &[]).output().unwrap();
+    assert_ok(&o, "re-running setup to restore the guard");
+    let (ok, env) = udhcpc(&sb, "node", &sb.name, spoof, "node2", 2);
+    assert!(!ok, "the guard is back: {env:?}");
+    let _ = Command::new("ip")
+        .args(["-n", &node, "link", "del", spoof])
+        .status();
+
     // The guest stand-in: a veth on k6t-eth0 with the VM's MAC.
     let guest = sh_ok(&["add-guest", &sb.name, "--bridge", "k6t-eth0", "--mac", &mac])
         .trim()
@@ -836,32 +878,6 @@ fn end_to_end(style: &str) {
     .to_string();
     let (ok, env) = udhcpc(&sb, "exec", &foreign, "eth0", "foreign", 2);
     assert!(!ok, "a foreign MAC got a lease: {env:?}");
-
-    // A request from the node side, even with the VM's MAC, gets no answer (nft guard).
-    let nv = sb.info_str("node_veth");
-    let node = format!("{}-node", sb.name);
-    let spoof = "sbspoof";
-    let o = Command::new("ip")
-        .args([
-            "-n", &node, "link", "add", spoof, "link", &nv, "type", "macvlan",
-        ])
-        .args(["mode", "bridge", "address", &mac])
-        .output()
-        .unwrap();
-    assert_ok(&o, "adding the node-side macvlan");
-    let o = Command::new("ip")
-        .args(["-n", &node, "link", "set", spoof, "up"])
-        .output()
-        .unwrap();
-    assert_ok(&o, "setting the node-side macvlan up");
-    let (ok, env) = udhcpc(&sb, "node", &sb.name, spoof, "node", 2);
-    assert!(
-        !ok,
-        "a DHCP request from the node side got an answer: {env:?}"
-    );
-    let _ = Command::new("ip")
-        .args(["-n", &node, "link", "del", spoof])
-        .status();
 
     // Remove the guest ports (they are not ours), then SIGTERM: the pod is exactly restored.
     for port in ["sbg1", "sbg2"] {
