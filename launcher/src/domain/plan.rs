@@ -231,8 +231,6 @@ pub struct DiskPlan {
     pub logical_block_size: Option<u64>,
     pub physical_block_size: Option<u64>,
     pub pci_address: Option<PciAddress>,
-    /// For scsi/sata: `<address type='drive' controller='0' bus='0' target='0' unit='N'/>`.
-    pub drive_unit: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -1787,8 +1785,6 @@ fn plan_disks(
     let mut disks = Vec::new();
     let mut prepare = Vec::new();
     let (mut usb, mut scsi, mut sata) = (false, false, false);
-    let mut scsi_unit = 0u32;
-    let mut sata_unit = 0u32;
     let mut boot_orders = HashMap::new();
     for (i, disk) in d.devices.disks.iter().enumerate() {
         let p = format!("{dp}[{i}]");
@@ -1880,23 +1876,12 @@ fn plan_disks(
         let n = counters.entry(prefix).or_insert(0);
         let target_dev = target_name(prefix, *n);
         *n += 1;
-        let drive_unit = match bus.as_str() {
-            "scsi" => {
-                scsi = true;
-                scsi_unit += 1;
-                Some(scsi_unit - 1)
-            }
-            "sata" => {
-                sata = true;
-                sata_unit += 1;
-                Some(sata_unit - 1)
-            }
-            "usb" => {
-                usb = true;
-                None
-            }
-            _ => None,
-        };
+        match bus.as_str() {
+            "scsi" => scsi = true,
+            "sata" => sata = true,
+            "usb" => usb = true,
+            _ => {}
+        }
         if let Some(s) = &disk.serial {
             if s.is_empty()
                 || !s
@@ -2275,7 +2260,6 @@ fn plan_disks(
             logical_block_size,
             physical_block_size,
             pci_address,
-            drive_unit,
         });
     }
 
