@@ -551,41 +551,10 @@ pub fn port_number(p: i64, path: &str) -> Result<u16, DomainError> {
         .ok_or_else(|| DomainError::invalid(path, format!("port {p} is not in 1..65535")))
 }
 
-/// A Kubernetes quantity in bytes (`1Gi`, `1024M`, `512Mi`, `2`, `1.5Gi`).
+/// A Kubernetes quantity in bytes (`1Gi`, `1024M`, `512Mi`, `2`, `1.5Gi`), via
+/// [`crate::spec::quantity`].
 pub fn quantity_bytes(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let mult: u128 = match suffix {
-        "" => 1,
-        "k" => 1000,
-        "M" => 1000u128.pow(2),
-        "G" => 1000u128.pow(3),
-        "T" => 1000u128.pow(4),
-        "P" => 1000u128.pow(5),
-        "E" => 1000u128.pow(6),
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        _ => return None,
-    };
-    if num.is_empty() || num.matches('.').count() > 1 {
-        return None;
-    }
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let mut value = int.checked_mul(mult)?;
-    if !frac.is_empty() {
-        let den = 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?;
-        let f: u128 = frac.parse().ok()?;
-        value = value.checked_add((f * mult).div_ceil(den))?;
-    }
-    u64::try_from(value).ok()
+    spec::quantity::parse_bytes(q).ok()
 }
 
 fn parse_pci(s: &str, path: &str) -> Result<PciAddress, DomainError> {
@@ -750,6 +719,21 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
         ));
     }
     check_text("spec.domain.machine.type", &machine)?;
+    if !facts.machine_types.is_empty() && !facts.machine_types.contains(&machine) {
+        return Err(DomainError::unsupported(
+            "spec.domain.machine.type",
+            format!(
+                "{machine:?} is not a machine type of this qemu (it has {})",
+                facts
+                    .machine_types
+                    .iter()
+                    .filter(|m| m.contains("q35"))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
 
     // CPU.
     let cpu_spec = d.cpu.clone().unwrap_or_default();
@@ -1122,7 +1106,7 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
     let acpi = features_spec
         .acpi
         .as_ref()
-        .is_none_or(|a| a.enabled != Some(false));
+        .map_or(true, |a| a.enabled != Some(false));
     let apic = features_spec
         .apic
         .as_ref()
@@ -1260,6 +1244,12 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
     } else {
         None
     };
+    if !acpi && bootloader.efi.is_some() {
+        return Err(DomainError::invalid(
+            format!("{fp}.acpi.enabled"),
+            "EFI firmware needs ACPI on x86_64; enable acpi or boot with BIOS",
+        ));
+    }
     let features = FeaturesPlan {
         acpi,
         apic,
@@ -1396,7 +1386,7 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
 
     // Disks.
     let (disks, iothreads, disk_prep, disk_usb, scsi, sata) =
-        plan_disks(vmi, facts, vcpus, &virtio_model)?;
+        plan_disks(vmi, facts, vcpus, &virtio_model, &mut notes)?;
     prepare.extend(disk_prep);
     usb_needed |= disk_usb;
     if sata {
@@ -1771,6 +1761,7 @@ fn plan_disks(
     facts: &PodFacts,
     vcpus: u32,
     virtio_model: &str,
+    notes: &mut Vec<String>,
 ) -> Result<DiskOutcome, DomainError> {
     let d = &vmi.spec.domain;
     let dp = "spec.domain.devices.disks";
@@ -2136,7 +2127,23 @@ fn plan_disks(
         if device == "lun" {
             source_type = "block";
         }
-        let readonly = readonly || ro_forced;
+        // libvirt refuses read-only SATA hard disks ("readonly sata disks are not supported").
+        let readonly = if device == "disk" && bus == "sata" && (readonly || ro_forced) {
+            if readonly || kind == VolumeKind::PersistentVolumeClaim {
+                return Err(DomainError::unsupported(
+                    format!("{dpath}.readonly"),
+                    "libvirt cannot make a SATA hard disk read-only; use bus virtio or scsi, or a cdrom",
+                ));
+            }
+            // A generated ISO (cloud-init, config) is rebuilt every start: writable is harmless.
+            notes.push(format!(
+                "disk {:?} on SATA is attached writable: libvirt has no read-only SATA disks",
+                disk.name
+            ));
+            false
+        } else {
+            readonly || ro_forced
+        };
         let shareable = disk.shareable == Some(true)
             || vol
                 .host_disk
