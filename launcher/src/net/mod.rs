@@ -3,6 +3,8 @@
 use crate::cli::{GlobalArgs, NetworkSetupArgs};
 use crate::error::{Classify, ExitKind};
 
+pub mod nat;
+
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
     #[error("{0}")]
