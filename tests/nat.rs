@@ -388,6 +388,15 @@ fn root_refused_transaction_leaves_previous_ruleset_intact() {
         text.contains("No such file or directory") || text.contains("Could not process rule"),
         "nft's own error text is missing: {text}"
     );
+    // JSON errors do not say which command failed; the error names it.
+    let NatError::NftFailed { first_rejected, .. } = &err else {
+        unreachable!()
+    };
+    let first = first_rejected
+        .as_deref()
+        .unwrap_or_else(|| panic!("no culprit named: {text}"));
+    assert!(first.contains("NO_SUCH_CHAIN"), "{first}");
+    assert!(text.contains("first rejected command:"), "{text}");
     assert_eq!(ns.list(), good, "a refused transaction changed the ruleset");
 
     // 2. nft-side failure: an interface name nft rejects (longer than IFNAMSIZ).
@@ -698,6 +707,29 @@ fn root_traffic_reaches_the_guest_only_where_it_should() {
         connect(&guest.name, sa(node6, 7070)).unwrap(),
         "node 7070 from fd77::2"
     );
+
+    // A neighbour that routes the guest's private subnet via the pod cannot bypass the port
+    // list (without our forward guard it could: checked after teardown below).
+    node.exec(&["ip", "route", "add", "10.0.2.0/24", "via", "192.168.77.2"]);
+    node.exec(&[
+        "ip",
+        "-6",
+        "route",
+        "add",
+        "fd10:0:2::/120",
+        "via",
+        "fd77::2",
+    ]);
+    let guest4: IpAddr = "10.0.2.2".parse().unwrap();
+    let guest6: IpAddr = "fd10:0:2::2".parse().unwrap();
+    for to in [
+        sa(guest4, unlisted),
+        sa(guest6, unlisted),
+        sa(guest4, listed),
+    ] {
+        let e = connect(&node.name, to).unwrap_err();
+        assert!(e.contains("refused"), "{to}: {e}");
+    }
 
     // With no ports, everything reaches the guest, the unlisted port included.
     cfg.ports.clear();

@@ -34,6 +34,9 @@ pub const CHAIN_PREROUTING: &str = "prerouting";
 pub const CHAIN_OUTPUT: &str = "output";
 /// Base chain on the postrouting hook (guest egress masquerade, SNAT towards the guest).
 pub const CHAIN_POSTROUTING: &str = "postrouting";
+/// Base filter chain on the forward hook: nothing from the pod network reaches the guest
+/// directly (only what was DNATed, and replies to the guest's own connections).
+pub const CHAIN_FORWARD: &str = "forward";
 /// Regular chain: which inbound connections are DNATed to the guest (shared by the prerouting
 /// and output paths, so both honour the same port list).
 pub const CHAIN_PREINBOUND: &str = "KUBEVIRT_PREINBOUND";
@@ -46,6 +49,8 @@ pub const CHAIN_POSTINBOUND: &str = "KUBEVIRT_POSTINBOUND";
 pub const PRIO_DSTNAT: i32 = -90;
 /// `srcnat + 10`, for the same reason.
 pub const PRIO_SRCNAT: i32 = 110;
+/// `filter`: the forward guard.
+pub const PRIO_FILTER: i32 = 0;
 
 /// The VMI annotation that asks for an Istio sidecar.
 pub const ISTIO_INJECT_ANNOTATION: &str = "sidecar.istio.io/inject";
@@ -288,13 +293,20 @@ pub enum NatError {
         #[source]
         source: std::io::Error,
     },
-    /// `nft` ran and refused or failed; `stderr` is nft's own text (exit 3).
-    #[error("{operation}: {program:?} failed ({status}): {stderr}")]
+    /// `nft` ran and refused or failed; `stderr` is nft's own text (exit 3). In JSON mode nft
+    /// does not say which command it refused, so `first_rejected` names it when it could be
+    /// found (by re-checking prefixes of the transaction with `nft --check`, which changes
+    /// nothing).
+    #[error(
+        "{operation}: {program:?} failed ({status}): {stderr}{}",
+        first_rejected.as_deref().map(|c| format!("\nfirst rejected command: {c}")).unwrap_or_default()
+    )]
     NftFailed {
         program: String,
         operation: String,
         status: String,
         stderr: String,
+        first_rejected: Option<String>,
     },
     /// The ruleset could not be encoded (a bug, exit 1).
     #[error("encoding the nftables ruleset as JSON: {0}")]
@@ -406,7 +418,11 @@ fn base_chain(
         family,
         table: TABLE.into(),
         name: name.into(),
-        _type: Some(NfChainType::NAT),
+        _type: Some(if hook == NfHook::Forward {
+            NfChainType::Filter
+        } else {
+            NfChainType::NAT
+        }),
         hook: Some(hook),
         prio: Some(prio),
         policy: Some(NfChainPolicy::Accept),
@@ -449,6 +465,14 @@ fn eq(left: Expression<'static>, right: Expression<'static>) -> Statement<'stati
 
 fn meta(key: MetaKey) -> Expression<'static> {
     Expression::Named(NamedExpression::Meta(Meta { key }))
+}
+
+fn ct(key: &'static str) -> Expression<'static> {
+    Expression::Named(NamedExpression::CT(nftables::expr::CT {
+        key: key.into(),
+        family: None,
+        dir: None,
+    }))
 }
 
 fn payload(protocol: &'static str, field: &'static str) -> Expression<'static> {
@@ -554,8 +578,48 @@ fn family_rules(b: &mut Batch<'static>, cfg: &NatConfig, f: &Fam) {
         NfHook::Postrouting,
         PRIO_SRCNAT,
     ));
+    b.add(base_chain(fam, CHAIN_FORWARD, NfHook::Forward, PRIO_FILTER));
     b.add(chain(fam, CHAIN_PREINBOUND));
     b.add(chain(fam, CHAIN_POSTINBOUND));
+
+    // The guest's private address must not be reachable from the pod network just because the
+    // pod forwards: a neighbour routing 10.0.2.0/24 via the pod IP would otherwise bypass the
+    // port list. Only DNATed connections and replies to the guest's own connections pass.
+    let across = || {
+        vec![
+            eq(meta(MetaKey::Iifname), s(iface)),
+            eq(meta(MetaKey::Oifname), s(bridge)),
+        ]
+    };
+    let mut r = across();
+    r.push(Statement::Match(Match {
+        left: ct("status"),
+        right: s("dnat"),
+        op: Operator::IN,
+    }));
+    r.push(Statement::Accept(None));
+    b.add(rule(fam, CHAIN_FORWARD, r, "DNATed to the guest above"));
+    let mut r = across();
+    r.push(eq(
+        ct("state"),
+        one_or_set(vec![s("established"), s("related")]),
+    ));
+    r.push(Statement::Accept(None));
+    b.add(rule(
+        fam,
+        CHAIN_FORWARD,
+        r,
+        "replies to the guest's own connections",
+    ));
+    let mut r = across();
+    r.push(counter());
+    r.push(Statement::Reject(None));
+    b.add(rule(
+        fam,
+        CHAIN_FORWARD,
+        r,
+        "nothing else reaches the guest's private address from the pod network",
+    ));
 
     // Inbound from the pod network: only connections addressed to one of the pod's own unicast
     // addresses (not broadcast, multicast or, for IPv6, link-local).
@@ -813,6 +877,7 @@ impl Nft {
                 operation: operation.to_owned(),
                 status: out.status.to_string(),
                 stderr,
+                first_rejected: None,
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
@@ -822,13 +887,60 @@ impl Nft {
     pub fn apply_ruleset(&self, rs: &Nftables<'_>, operation: &str) -> Result<(), NatError> {
         let json = serde_json::to_vec(rs)?;
         let started = std::time::Instant::now();
-        self.run(&["-j", "-f", "-"], Some(&json), operation)?;
+        match self.run(&["-j", "-f", "-"], Some(&json), operation) {
+            Ok(_) => {}
+            Err(NatError::NftFailed {
+                program,
+                operation,
+                status,
+                stderr,
+                ..
+            }) => {
+                return Err(NatError::NftFailed {
+                    first_rejected: self.first_rejected(rs),
+                    program,
+                    operation,
+                    status,
+                    stderr,
+                })
+            }
+            Err(e) => return Err(e),
+        }
         tracing::debug!(
             objects = rs.objects.len(),
             elapsed_us = started.elapsed().as_micros() as u64,
             "{operation}: done"
         );
         Ok(())
+    }
+
+    /// The first object of `rs` that nft refuses, found by checking ever longer prefixes with
+    /// `nft --check` (binary search; nothing is applied). `None` if every prefix passes.
+    fn first_rejected(&self, rs: &Nftables<'_>) -> Option<String> {
+        let objs = &rs.objects;
+        let fails = |n: usize| -> Option<bool> {
+            let json = serde_json::to_vec(&serde_json::json!({ "nftables": &objs[..n] })).ok()?;
+            match self.run(&["-c", "-j", "-f", "-"], Some(&json), "checking") {
+                Ok(_) => Some(false),
+                Err(NatError::NftFailed { .. }) => Some(true),
+                Err(_) => None,
+            }
+        };
+        // Invariant: prefix `lo` passes, prefix `hi` fails.
+        let (mut lo, mut hi) = (0, objs.len());
+        // An empty batch that fails means nft itself is unusable (permissions, ...): no culprit.
+        if fails(lo)? || !fails(hi)? {
+            return None;
+        }
+        while hi - lo > 1 {
+            let mid = lo + (hi - lo) / 2;
+            if fails(mid)? {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        serde_json::to_string(&objs[hi - 1]).ok()
     }
 
     /// Replaces our tables with the ruleset for `cfg`, in one transaction.
@@ -1010,6 +1122,17 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.exit_kind(), ExitKind::Precondition);
         assert!(e.to_string().contains("Could not process rule: X"), "{e}");
+        // nft fails whatever it is given: that is no particular command's fault.
+        assert!(
+            matches!(
+                e,
+                NatError::NftFailed {
+                    first_rejected: None,
+                    ..
+                }
+            ),
+            "{e}"
+        );
     }
 
     #[test]
