@@ -13,6 +13,7 @@ pub mod apply;
 pub mod binding;
 pub mod discover;
 pub mod plan;
+pub mod nat;
 pub mod state;
 
 use std::fmt;
