@@ -83,6 +83,9 @@ pub struct VmiSpec {
     pub networks: Vec<Network>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Dynamic Resource Allocation claims: parsed only so that they can be refused precisely.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_claims: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -488,7 +491,7 @@ pub struct Watchdog {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchdogAction {
-    /// poweroff (default), reset, shutdown.
+    /// poweroff, reset (KubeVirt's default), shutdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
 }
@@ -541,6 +544,10 @@ pub struct HostDevice {
     pub device_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_name: Option<String>,
 }
 
 /// A disk device. Exactly one of `disk`, `cdrom`, `lun` is set (validation checks; the
