@@ -24,6 +24,7 @@ MAIN_PKGS=(
   isc-dhcp-client busybox-static linux-image-amd64 iproute2 procps cpio kmod
   util-linux pkg-config iperf3 time
 )
+MAIN_PKGS+=(swtpm swtpm-tools) # domain: libvirt refuses <tpm> (emulator) without swtpm
 
 enable_backports() {
   local target=/etc/apt/sources.list.d/launcher-backports.sources
