@@ -46,8 +46,7 @@ use super::quantity;
 use super::vmi::*;
 
 /// KubeVirt's namespace for stable firmware UUIDs (see the module docs).
-pub const FIRMWARE_UUID_NAMESPACE: uuid::Uuid =
-    uuid::uuid!("6a1a24a1-4061-4607-8bf4-a3963d0c5895");
+pub const FIRMWARE_UUID_NAMESPACE: uuid::Uuid = uuid::uuid!("6a1a24a1-4061-4607-8bf4-a3963d0c5895");
 
 /// The default grace period, in seconds.
 pub const DEFAULT_GRACE_PERIOD_SECONDS: i64 = 30;
@@ -180,12 +179,9 @@ fn whole_cpus(q: &str) -> Option<u32> {
 
 fn cpu_topology(domain: &mut DomainSpec) {
     let unset = |v: Option<u32>| v.unwrap_or(0) == 0;
-    let derive = domain
-        .cpu
-        .as_ref()
-        .map_or(true, |c| {
-            unset(c.sockets) && unset(c.cores) && unset(c.threads)
-        });
+    let derive = domain.cpu.as_ref().map_or(true, |c| {
+        unset(c.sockets) && unset(c.cores) && unset(c.threads)
+    });
     let mut sockets = 1;
     if derive {
         let r = domain.resources.clone().unwrap_or_default();
@@ -378,11 +374,7 @@ mod tests {
 
     fn cpu(v: &Vmi) -> (u32, u32, u32) {
         let c = v.spec.domain.cpu.as_ref().unwrap();
-        (
-            c.sockets.unwrap(),
-            c.cores.unwrap(),
-            c.threads.unwrap(),
-        )
+        (c.sockets.unwrap(), c.cores.unwrap(), c.threads.unwrap())
     }
     fn guest(v: &Vmi) -> Option<&str> {
         v.spec.domain.memory.as_ref()?.guest.as_deref()
@@ -390,7 +382,10 @@ mod tests {
 
     #[test]
     fn architecture_defaults_to_amd64_and_keeps_a_given_one() {
-        assert_eq!(defaulted(MINIMAL).spec.architecture.as_deref(), Some("amd64"));
+        assert_eq!(
+            defaulted(MINIMAL).spec.architecture.as_deref(),
+            Some("amd64")
+        );
         let v = defaulted("spec: {architecture: arm64}");
         assert_eq!(v.spec.architecture.as_deref(), Some("arm64"));
     }
@@ -421,19 +416,14 @@ mod tests {
         assert_eq!(r.requests["cpu"], "2");
         assert_eq!(r.requests["memory"], "1Gi");
         // A given request is kept.
-        let v = defaulted(
-            "spec: {domain: {resources: {limits: {cpu: 2}, requests: {cpu: 500m}}}}",
-        );
+        let v = defaulted("spec: {domain: {resources: {limits: {cpu: 2}, requests: {cpu: 500m}}}}");
         assert_eq!(v.spec.domain.resources.unwrap().requests["cpu"], "500m");
     }
 
     #[test]
     fn memory_request_defaults_to_guest_memory() {
         let v = defaulted("spec: {domain: {memory: {guest: 512Mi}}}");
-        assert_eq!(
-            v.spec.domain.resources.unwrap().requests["memory"],
-            "512Mi"
-        );
+        assert_eq!(v.spec.domain.resources.unwrap().requests["memory"], "512Mi");
         let v = defaulted("spec: {domain: {memory: {hugepages: {pageSize: 2Mi}}}}");
         assert_eq!(v.spec.domain.resources.unwrap().requests["memory"], "2Mi");
     }
@@ -500,9 +490,7 @@ mod tests {
 
     #[test]
     fn an_explicit_topology_is_not_derived_from_resources() {
-        let v = defaulted(
-            "spec: {domain: {cpu: {cores: 2}, resources: {requests: {cpu: 8}}}}",
-        );
+        let v = defaulted("spec: {domain: {cpu: {cores: 2}, resources: {requests: {cpu: 8}}}}");
         assert_eq!(cpu(&v), (1, 2, 1));
         let v = defaulted("spec: {domain: {cpu: {sockets: 0, cores: 0, threads: 2}}}");
         assert_eq!(cpu(&v), (1, 1, 2), "0 means unset, as in KubeVirt");
@@ -527,10 +515,26 @@ mod tests {
     #[test]
     fn efi_secure_boot_defaults_to_true() {
         let v = defaulted("spec: {domain: {firmware: {bootloader: {efi: {}}}}}");
-        let efi = v.spec.domain.firmware.unwrap().bootloader.unwrap().efi.unwrap();
+        let efi = v
+            .spec
+            .domain
+            .firmware
+            .unwrap()
+            .bootloader
+            .unwrap()
+            .efi
+            .unwrap();
         assert_eq!(efi.secure_boot, Some(true));
         let v = defaulted("spec: {domain: {firmware: {bootloader: {efi: {secureBoot: false}}}}}");
-        let efi = v.spec.domain.firmware.unwrap().bootloader.unwrap().efi.unwrap();
+        let efi = v
+            .spec
+            .domain
+            .firmware
+            .unwrap()
+            .bootloader
+            .unwrap()
+            .efi
+            .unwrap();
         assert_eq!(efi.secure_boot, Some(false));
         // BIOS stays BIOS: no EFI is invented.
         let v = defaulted(MINIMAL);
@@ -597,7 +601,9 @@ mod tests {
         assert_eq!(c.bus.as_deref(), Some("sata"));
         assert_eq!(c.readonly, Some(true));
         assert_eq!(c.tray.as_deref(), Some("closed"));
-        let v = defaulted("spec: {domain: {devices: {disks: [{name: a, cdrom: {readonly: false, bus: scsi}}]}}}");
+        let v = defaulted(
+            "spec: {domain: {devices: {disks: [{name: a, cdrom: {readonly: false, bus: scsi}}]}}}",
+        );
         let c = v.spec.domain.devices.disks[0].cdrom.clone().unwrap();
         assert_eq!((c.bus.as_deref(), c.readonly), (Some("scsi"), Some(false)));
     }
@@ -666,7 +672,11 @@ mod tests {
         );
         let f = v.spec.domain.features.unwrap();
         assert_eq!(f.acpi.unwrap().enabled, Some(true));
-        assert_eq!(f.smm.unwrap().enabled, Some(false), "explicit false is kept");
+        assert_eq!(
+            f.smm.unwrap().enabled,
+            Some(false),
+            "explicit false is kept"
+        );
         assert_eq!(f.apic.unwrap().enabled, Some(true));
         assert_eq!(f.pvspinlock.unwrap().enabled, Some(true));
         let h = f.hyperv.unwrap();
@@ -681,7 +691,15 @@ mod tests {
     #[test]
     fn disabled_spinlocks_get_no_retry_count() {
         let v = defaulted("spec: {domain: {features: {hyperv: {spinlocks: {enabled: false}}}}}");
-        let s = v.spec.domain.features.unwrap().hyperv.unwrap().spinlocks.unwrap();
+        let s = v
+            .spec
+            .domain
+            .features
+            .unwrap()
+            .hyperv
+            .unwrap()
+            .spinlocks
+            .unwrap();
         assert_eq!(s.spinlocks, None);
     }
 
@@ -713,7 +731,10 @@ mod tests {
     fn inputs_default_to_usb_tablet() {
         let v = defaulted("spec: {domain: {devices: {inputs: [{name: i}, {name: j, bus: virtio, type: tablet}]}}}");
         let i = &v.spec.domain.devices.inputs;
-        assert_eq!((i[0].bus.as_deref(), i[0].input_type.as_str()), (Some("usb"), "tablet"));
+        assert_eq!(
+            (i[0].bus.as_deref(), i[0].input_type.as_str()),
+            (Some("usb"), "tablet")
+        );
         assert_eq!(i[1].bus.as_deref(), Some("virtio"));
     }
 

@@ -327,7 +327,8 @@ mod tests {
     #[test]
     fn invalid_text_is_refused_with_the_text_named() {
         for bad in [
-            "", "Gi", "1Xi", "1 Gi", " 1", "1gi", "1.2.3", "1e", "1e1.5", "abc", "1Gi ", ".", "1KiB",
+            "", "Gi", "1Xi", "1 Gi", " 1", "1gi", "1.2.3", "1e", "1e1.5", "abc", "1Gi ", ".",
+            "1KiB",
         ] {
             let err = parse_bytes(bad).expect_err(bad);
             assert!(

@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use crate::cli::{Accel, GlobalArgs, RunArgs};
+use crate::cli::{GlobalArgs, RunArgs};
+use crate::domain::{self, plan::PrepStep, NicAttach, NicInput, PodFacts};
 use crate::error::{Classify, ExitKind};
 use status::{Phase, Status, StatusWriter};
 
@@ -42,37 +43,6 @@ impl Classify for SuperviseError {
     }
 }
 
-/// The accelerator decision (pure): `kvm_opens` says whether /dev/kvm could be opened.
-pub fn choose_accel(
-    accel: Accel,
-    allow_emulation: bool,
-    kvm_opens: Result<(), String>,
-) -> Result<Accel, SuperviseError> {
-    match (accel, kvm_opens) {
-        (Accel::Kvm, Err(e)) => Err(SuperviseError::Precondition(format!(
-            "--accel kvm: cannot open /dev/kvm: {e} (run on a node with KVM, or pass --accel tcg)"
-        ))),
-        (Accel::Kvm, Ok(())) => Ok(Accel::Kvm),
-        (Accel::Tcg, _) => Ok(Accel::Tcg),
-        (Accel::Auto, Ok(())) => Ok(Accel::Kvm),
-        (Accel::Auto, Err(_)) if allow_emulation => Ok(Accel::Tcg),
-        (Accel::Auto, Err(e)) => Err(SuperviseError::Precondition(format!(
-            "cannot open /dev/kvm: {e}; pass --allow-emulation to run with software \
-             emulation (slow), or schedule the pod on a node with KVM"
-        ))),
-    }
-}
-
-/// Tries to open /dev/kvm read-write.
-pub fn probe_kvm() -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-        .map_err(|e| e.to_string())
-}
-
 /// KubeVirt's domain name: `<namespace>_<name>`.
 pub fn domain_name(vmi: &crate::spec::Vmi) -> String {
     format!(
@@ -95,13 +65,16 @@ pub fn cmd_run(g: &GlobalArgs, a: &RunArgs) -> anyhow::Result<u8> {
 
 /// Everything acquired so far, so that any failure undoes exactly what was done.
 struct Acquired {
+    net_plumbed: bool,
+    dhcp: Option<crate::dhcp::server::Dhcp4Servers>,
     daemons: Vec<daemons::Supervised>,
     lv: Option<lifecycle::Libvirt>,
     domain_defined: Option<String>,
 }
 
 impl Acquired {
-    async fn teardown(&mut self) -> Vec<String> {
+    /// Undoes everything, in reverse order, collecting every error.
+    async fn teardown(&mut self, run_dir: &Path) -> Vec<String> {
         let mut errors = Vec::new();
         if let (Some(lv), Some(name)) = (self.lv.as_mut(), self.domain_defined.take()) {
             if lv.connected() {
@@ -121,6 +94,14 @@ impl Acquired {
         while let Some(d) = self.daemons.pop() {
             d.stop().await;
         }
+        if let Some(servers) = self.dhcp.take() {
+            servers.shutdown().await;
+        }
+        if std::mem::take(&mut self.net_plumbed) {
+            if let Err(e) = crate::net::teardown(run_dir).await {
+                errors.push(format!("tearing down the pod network: {e}"));
+            }
+        }
         errors
     }
 }
@@ -132,13 +113,43 @@ fn write_termination(path: &Path, message: &str) {
     }
 }
 
+/// Maps the network's result into the domain plan's input (net knows nothing of the domain).
+pub fn nic_inputs(net: &crate::net::NetResult) -> Result<Vec<NicInput>, SuperviseError> {
+    net.interfaces
+        .iter()
+        .map(|i| {
+            let attach = match i.binding.as_str() {
+                "bridge" | "masquerade" | "macvtap" | "tc-redirect" => NicAttach::Ethernet {
+                    device: i.tap.clone(),
+                },
+                other => {
+                    return Err(SuperviseError::Other(format!(
+                        "interface {:?}: the {other} binding's network result cannot be attached \
+                         to the domain by this version of `launcher run`",
+                        i.name
+                    )))
+                }
+            };
+            Ok(NicInput {
+                name: i.name.clone(),
+                attach,
+                mac: i.mac.to_string(),
+                mtu: Some(i.mtu),
+                queues: (i.queues > 1).then_some(i.queues),
+                guest_ips: i.guest_ips.clone(),
+            })
+        })
+        .collect()
+}
+
 async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
     signals::become_subreaper();
     let reaper = Arc::new(signals::Reaper::default());
     signals::spawn_reaper(reaper.clone());
     let mut sig_rx = signals::spawn_signal_listener()?;
 
-    // validate: nothing is touched before the VMI is known to be good.
+    // validate: nothing is touched before the VMI, the accelerator and the domain plan (with
+    // stand-in NICs) are known to be good, and the files it must find exist.
     let vmi = crate::spec::load_for_run(g)?;
     let name = domain_name(&vmi);
     let grace = Duration::from_secs(
@@ -147,7 +158,13 @@ async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
             .unwrap_or(30)
             .max(0) as u64,
     );
-    let accel = choose_accel(g.accel, g.allow_emulation, probe_kvm())?;
+    let facts = PodFacts::probe(g, &vmi)?;
+    let pre_plan = domain::plan::plan(&vmi, &domain::stand_in_nics(&vmi)?, &facts)?;
+    for step in &pre_plan.prepare {
+        if matches!(step, PrepStep::MustExist { .. }) {
+            domain::disks::prepare(std::slice::from_ref(step))?;
+        }
+    }
     std::fs::create_dir_all(&g.run_dir)
         .map_err(|e| anyhow::anyhow!("creating the run directory {}: {e}", g.run_dir.display()))?;
     let previous = status::read(&g.run_dir).ok();
@@ -159,34 +176,40 @@ async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
         ),
         name.clone(),
     );
-    st.accel = Some(format!("{accel:?}").to_lowercase());
+    st.accel = Some(facts.hypervisor.as_str().to_string());
     st.qemu_log = Some(PathBuf::from(format!("/var/log/libvirt/qemu/{name}.log")));
-    let uid = vmi.metadata.uid.clone().unwrap_or_else(|| name.clone());
-    st.serial_socket = Some(g.run_dir.join(&uid).join("virt-serial0"));
-    st.serial_log = Some(g.run_dir.join(&uid).join("virt-serial0-log"));
+    if let Some(serial) = &pre_plan.devices.serial {
+        st.serial_socket = Some(PathBuf::from(&serial.socket));
+        st.serial_log = Some(PathBuf::from(&serial.log));
+    }
     let mut sw = StatusWriter::new(&g.run_dir, st);
 
     let mut acq = Acquired {
+        net_plumbed: false,
+        dhcp: None,
         daemons: Vec::new(),
         lv: None,
         domain_defined: None,
     };
     let (news_tx, news_rx) = mpsc::unbounded_channel();
     let (ev_tx, ev_rx) = mpsc::unbounded_channel();
-    let result = bring_up(
+    let ctx = Ctx {
         g,
         a,
-        &vmi,
-        &name,
-        accel,
+        vmi: &vmi,
+        name: &name,
+        facts,
+        reaper: &reaper,
+        t0,
+    };
+    let result = bring_up(
+        &ctx,
         previous,
         &mut sw,
         &mut acq,
-        &reaper,
         news_tx,
         ev_tx,
         &mut sig_rx,
-        t0,
     )
     .await;
     let (outcome, code) = match result {
@@ -226,8 +249,7 @@ async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
         sw.status.last_error = Some(outcome.clone());
     }
     sw.phase(Phase::TearingDown);
-    let mut errors = acq.teardown().await;
-    errors.extend(teardown_network(g).await);
+    let errors = acq.teardown(&g.run_dir).await;
     for e in &errors {
         tracing::error!("teardown: {e}");
     }
@@ -251,6 +273,17 @@ async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
     Ok(code)
 }
 
+/// What `bring_up` needs, read-only.
+struct Ctx<'a> {
+    g: &'a GlobalArgs,
+    a: &'a RunArgs,
+    vmi: &'a crate::spec::Vmi,
+    name: &'a str,
+    facts: PodFacts,
+    reaper: &'a Arc<signals::Reaper>,
+    t0: Instant,
+}
+
 enum BringUp {
     Running { qemu_pid: Option<i32> },
     StoppedEarly(String),
@@ -265,35 +298,64 @@ fn stop_requested(sig: &mut mpsc::UnboundedReceiver<signals::Request>) -> Option
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn bring_up(
-    g: &GlobalArgs,
-    a: &RunArgs,
-    vmi: &crate::spec::Vmi,
-    name: &str,
-    accel: Accel,
+    c: &Ctx<'_>,
     previous: Option<Status>,
     sw: &mut StatusWriter,
     acq: &mut Acquired,
-    reaper: &Arc<signals::Reaper>,
     news_tx: mpsc::UnboundedSender<daemons::DaemonNews>,
     ev_tx: mpsc::UnboundedSender<crate::sys::libvirt::Event>,
     sig: &mut mpsc::UnboundedReceiver<signals::Request>,
-    t0: Instant,
 ) -> anyhow::Result<BringUp> {
+    let (g, a, name) = (c.g, c.a, c.name);
     // cleanup: converge after an earlier launcher that was killed (see docs/run.md).
     sw.phase(Phase::Cleanup);
     cleanup_previous(g, previous.as_ref(), name).await;
 
-    sw.phase(Phase::Discovering);
+    // discover + plumb (net::setup discovers, records the original state, then applies).
     sw.phase(Phase::Plumbing);
+    let opts = crate::net::SetupOptions::from_global(g);
+    acq.net_plumbed = true; // a failed setup rolls itself back; teardown is then a no-op
+    let net = crate::net::setup(&opts, c.vmi).await?;
+    sw.status.interfaces = net
+        .interfaces
+        .iter()
+        .map(|i| status::InterfaceStatus {
+            name: i.name.clone(),
+            mac: i.mac.to_string(),
+            guest_ips: i.guest_ips.iter().map(|ip| ip.to_string()).collect(),
+            device: Some(i.tap.clone()),
+            mtu: Some(i.mtu),
+        })
+        .collect();
+
     sw.phase(Phase::DhcpUp);
+    acq.dhcp = Some(
+        crate::dhcp::server::Dhcp4Servers::start(net.dhcp_configs())
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("starting the DHCP servers"))?,
+    );
     if let Some(by) = stop_requested(sig) {
         return Ok(BringUp::StoppedEarly(by));
     }
+
     sw.phase(Phase::PreparingDisks);
+    let nics = nic_inputs(&net)?;
+    let plan = domain::plan::plan(c.vmi, &nics, &c.facts)?;
+    for note in &plan.notes {
+        tracing::info!(note = %note, "domain plan");
+    }
+    let steps = plan.prepare.clone();
+    tokio::task::spawn_blocking(move || domain::disks::prepare(&steps))
+        .await
+        .map_err(|e| anyhow::anyhow!("disk preparation task: {e}"))??;
+
     sw.phase(Phase::Rendering);
-    let xml = render(g, vmi, name, accel)?;
+    let xml = domain::render::render(&plan, g.template_dir.as_deref())?;
+    let xml_path = g.run_dir.join("domain.xml");
+    if let Err(e) = std::fs::write(&xml_path, &xml) {
+        tracing::warn!(path = %xml_path.display(), error = %e, "saving the rendered domain XML");
+    }
 
     sw.phase(Phase::LibvirtUp);
     let uri = match &a.libvirt_uri {
@@ -302,9 +364,9 @@ async fn bring_up(
             let (hv, logd) = daemons::prepare(&g.run_dir)?;
             daemons::stop_stale(&[&hv, &logd]);
             acq.daemons
-                .push(daemons::start(logd, reaper.clone(), news_tx.clone()).await?);
+                .push(daemons::start(logd, c.reaper.clone(), news_tx.clone()).await?);
             acq.daemons
-                .push(daemons::start(hv, reaper.clone(), news_tx).await?);
+                .push(daemons::start(hv, c.reaper.clone(), news_tx).await?);
             daemons::OWN_URI.to_string()
         }
     };
@@ -333,7 +395,7 @@ async fn bring_up(
         );
     }
     tracing::info!(
-        since_start_ms = t0.elapsed().as_millis() as u64,
+        since_start_ms = c.t0.elapsed().as_millis() as u64,
         "virDomainCreate returned"
     );
     sw.phase(Phase::Starting);
@@ -341,26 +403,6 @@ async fn bring_up(
     sw.status.qemu_pid = qemu_pid;
     sw.phase(Phase::Running);
     Ok(BringUp::Running { qemu_pid })
-}
-
-/// Renders the domain XML. Until the domain module lands, a developer override
-/// (`LAUNCHER_DEV_DOMAIN_XML=file`) supplies it verbatim.
-fn render(
-    _g: &GlobalArgs,
-    _vmi: &crate::spec::Vmi,
-    _name: &str,
-    _accel: Accel,
-) -> anyhow::Result<String> {
-    if let Some(p) = std::env::var_os("LAUNCHER_DEV_DOMAIN_XML") {
-        let p = PathBuf::from(p);
-        return std::fs::read_to_string(&p)
-            .map_err(|e| anyhow::anyhow!("reading {}: {e}", p.display()));
-    }
-    Err(crate::error::not_implemented("rendering the domain in run"))
-}
-
-async fn teardown_network(_g: &GlobalArgs) -> Vec<String> {
-    Vec::new()
 }
 
 /// After a SIGKILL of an earlier launcher in this pod: stop its daemons (their pid files are in
@@ -401,7 +443,11 @@ async fn cleanup_previous(g: &GlobalArgs, previous: Option<&Status>, name: &str)
             signals::kill_and_wait(pid, Duration::from_secs(5));
         }
     }
-    let _ = g;
+    // Its DHCP servers died with it; its plumbing is undone from the recorded state, so that
+    // setup starts from the pod's original network.
+    if let Err(e) = crate::net::teardown(&g.run_dir).await {
+        tracing::warn!(error = %e, "undoing the earlier launcher's network plumbing");
+    }
 }
 
 /// `launcher status`: prints status.json; exit 0 only while the domain is running.
@@ -441,33 +487,56 @@ pub fn cmd_console(g: &GlobalArgs) -> anyhow::Result<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::net::Mac;
+
+    fn iface(binding: &str, queues: u32) -> crate::net::IfaceResult {
+        crate::net::IfaceResult {
+            name: "default".into(),
+            network: "default".into(),
+            binding: binding.into(),
+            pod_interface: "eth0".into(),
+            tap: "tap0".into(),
+            bridge: Some("k6t-eth0".into()),
+            mac: Mac([2, 0, 0, 0, 0, 1]),
+            mtu: 1450,
+            queues,
+            guest_ips: vec!["10.244.1.5".parse().unwrap()],
+            dhcp: None,
+        }
+    }
 
     #[test]
-    fn accel_auto_uses_kvm_when_it_opens() {
+    fn bridge_result_maps_to_an_ethernet_nic() {
+        let nics = nic_inputs(&crate::net::NetResult {
+            interfaces: vec![iface("bridge", 1)],
+        })
+        .unwrap();
         assert_eq!(
-            choose_accel(Accel::Auto, false, Ok(())).unwrap(),
-            Accel::Kvm
+            nics,
+            vec![NicInput {
+                name: "default".into(),
+                attach: NicAttach::Ethernet {
+                    device: "tap0".into()
+                },
+                mac: "02:00:00:00:00:01".into(),
+                mtu: Some(1450),
+                queues: None,
+                guest_ips: vec!["10.244.1.5".parse().unwrap()],
+            }]
         );
     }
 
     #[test]
-    fn accel_auto_without_kvm_needs_allow_emulation() {
-        let e = choose_accel(Accel::Auto, false, Err("No such file".into())).unwrap_err();
-        assert_eq!(e.exit_kind(), ExitKind::Precondition);
-        assert!(e.to_string().contains("/dev/kvm"), "{e}");
-        assert_eq!(
-            choose_accel(Accel::Auto, true, Err("x".into())).unwrap(),
-            Accel::Tcg
-        );
-    }
-
-    #[test]
-    fn forced_accels() {
-        assert_eq!(choose_accel(Accel::Tcg, false, Ok(())).unwrap(), Accel::Tcg);
-        assert_eq!(
-            choose_accel(Accel::Tcg, false, Err("x".into())).unwrap(),
-            Accel::Tcg
-        );
-        assert!(choose_accel(Accel::Kvm, true, Err("x".into())).is_err());
+    fn multiqueue_is_passed_and_passt_is_refused_for_now() {
+        let nics = nic_inputs(&crate::net::NetResult {
+            interfaces: vec![iface("masquerade", 4)],
+        })
+        .unwrap();
+        assert_eq!(nics[0].queues, Some(4));
+        let e = nic_inputs(&crate::net::NetResult {
+            interfaces: vec![iface("passt", 1)],
+        })
+        .unwrap_err();
+        assert!(e.to_string().contains("passt"), "{e}");
     }
 }
