@@ -116,12 +116,24 @@ impl Loaded {
         defaults::apply(&mut vmi);
         let mut problems = self.wrapper_problems.clone();
         if let Err(found) = validate::validate(&vmi) {
-            problems.extend(found.into_iter().map(|p| Problem {
-                path: self.file_path(&p.path),
-                message: p.message,
-            }));
+            problems.extend(found.into_iter().map(|p| self.in_file(p)));
         }
         (vmi, problems)
+    }
+
+    /// What the launcher accepts but ignores (see [`validate::warnings`]), with file paths.
+    pub fn warnings(&self, defaulted: &Vmi) -> Vec<Problem> {
+        validate::warnings(defaulted)
+            .into_iter()
+            .map(|p| self.in_file(p))
+            .collect()
+    }
+
+    fn in_file(&self, p: Problem) -> Problem {
+        Problem {
+            path: self.file_path(&p.path),
+            message: p.message,
+        }
     }
 }
 
@@ -366,13 +378,19 @@ pub fn load_for_run(g: &GlobalArgs) -> Result<Vmi, SpecError> {
     if !problems.is_empty() {
         return Err(SpecError::Invalid(problems));
     }
+    for w in loaded.warnings(&vmi) {
+        tracing::warn!(field = %w.path, "{}", w.message);
+    }
     Ok(vmi)
 }
 
 /// `launcher validate [--strict]`: exit 0 with one line, or exit 2 listing every problem.
+/// What is accepted but ignored (a hook sidecar) is a `warning:` line on stderr, and a problem
+/// with `--strict`, as are unknown fields.
 pub fn cmd_validate(g: &GlobalArgs, args: &ValidateArgs) -> anyhow::Result<u8> {
     let loaded = load_from_args(g)?;
     let (vmi, mut problems) = loaded.default_and_validate();
+    let warnings = loaded.warnings(&vmi);
     if args.strict {
         for f in &loaded.unknown_fields {
             problems.push(Problem {
@@ -380,7 +398,16 @@ pub fn cmd_validate(g: &GlobalArgs, args: &ValidateArgs) -> anyhow::Result<u8> {
                 message: "is not a field this launcher knows (listed because of --strict)".into(),
             });
         }
-    } else if !loaded.unknown_fields.is_empty() {
+        problems.extend(warnings.into_iter().map(|w| Problem {
+            path: w.path,
+            message: format!("{} (listed because of --strict)", w.message),
+        }));
+    } else {
+        for w in &warnings {
+            eprintln!("warning: {w}");
+        }
+    }
+    if !args.strict && !loaded.unknown_fields.is_empty() {
         tracing::warn!(
             count = loaded.unknown_fields.len(),
             "the VMI has fields this launcher does not know and ignores; `launcher validate --strict` lists them"

@@ -49,6 +49,23 @@ pub const MAX_VCPUS: u64 = 1024;
 /// The MAC this launcher reserves for its own use (never a guest's).
 pub const RESERVED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0];
 
+/// What the launcher accepts but ignores: not an error (the VM runs without it), but worth a
+/// warning, and a problem under `launcher validate --strict`.
+pub fn warnings(vmi: &Vmi) -> Vec<Problem> {
+    let mut w = Vec::new();
+    if vmi
+        .metadata
+        .annotations
+        .contains_key(HOOK_SIDECARS_ANNOTATION)
+    {
+        w.push(Problem {
+            path: format!("metadata.annotations[{}]", q(HOOK_SIDECARS_ANNOTATION)),
+            message: "hook sidecars are not run by this launcher: the VM starts without the hook's changes".into(),
+        });
+    }
+    w
+}
+
 /// Reports every problem, each with its JSON path and the offending value.
 pub fn validate(vmi: &Vmi) -> Result<(), Vec<Problem>> {
     let mut v = Validator::default();
@@ -86,15 +103,6 @@ impl Validator {
     // ---------------------------------------------------------------- metadata and top level
 
     fn metadata(&mut self, m: &ObjectMeta) {
-        if m.annotations.contains_key(HOOK_SIDECARS_ANNOTATION) {
-            self.push(
-                format!("metadata.annotations[{}]", q(HOOK_SIDECARS_ANNOTATION)),
-                not_supported(
-                    "a hook sidecar",
-                    "it has no hook sidecar protocol, so the hook's changes to the VM would be silently lost",
-                ),
-            );
-        }
         match m.name.as_deref() {
             None | Some("") => self.push(
                 "metadata.name",
@@ -512,8 +520,8 @@ impl Validator {
                     .is_some_and(|s| s.enabled != Some(false));
                 if efi.secure_boot != Some(false) && !smm_on {
                     self.push(
-                        "spec.domain.firmware.bootloader.efi.secureBoot",
-                        "is true (the default with efi) but SMM is disabled, and secure boot requires SMM: set spec.domain.features.smm: {} or secureBoot: false",
+                        "spec.domain.features.smm.enabled",
+                        "is false, but EFI secure boot (on by default with efi) requires SMM: enable SMM or set spec.domain.firmware.bootloader.efi.secureBoot: false",
                     );
                 }
             }
@@ -2030,13 +2038,20 @@ mod tests {
     }
 
     #[test]
-    fn hook_sidecars_are_refused() {
-        bad(
-            json!({"metadata": {"annotations": {"hooks.kubevirt.io/hookSidecars": "[]"}}}),
-            "metadata.annotations[\"hooks.kubevirt.io/hookSidecars\"]",
-            "hook sidecar is not supported by this launcher",
+    fn hook_sidecars_are_a_warning_not_a_problem() {
+        good(json!({"metadata": {"annotations": {"hooks.kubevirt.io/hookSidecars": "[]"}}}));
+        let mut vmi = Vmi::default();
+        vmi.metadata
+            .annotations
+            .insert(HOOK_SIDECARS_ANNOTATION.into(), "[]".into());
+        let w = warnings(&vmi);
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            w[0].path,
+            "metadata.annotations[\"hooks.kubevirt.io/hookSidecars\"]"
         );
-        good(json!({"metadata": {"annotations": {"other": "x"}}}));
+        assert!(w[0].message.contains("not run by this launcher"));
+        assert!(warnings(&Vmi::default()).is_empty());
     }
 
     // ------------------------------------------------------------ domain
@@ -2259,20 +2274,37 @@ mod tests {
     #[test]
     fn secure_boot_requires_smm() {
         bad(
-            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}}}}),
-            "spec.domain.firmware.bootloader.efi.secureBoot",
-            "secure boot requires SMM",
-        );
-        bad(
             json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {"secureBoot": true}}}, "features": {"smm": {"enabled": false}}}}}),
-            "spec.domain.firmware.bootloader.efi.secureBoot",
+            "spec.domain.features.smm.enabled",
             "requires SMM",
         );
+        bad(
+            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}, "features": {"smm": {"enabled": false}}}}}),
+            "spec.domain.features.smm.enabled",
+            "on by default with efi",
+        );
+        // SMM absent: turned on by the defaults.
+        good(json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}}}}));
         good(
             json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}, "features": {"smm": {}}}}}),
         );
         good(
-            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {"secureBoot": false}}}}}}),
+            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {"secureBoot": false}}}, "features": {"smm": {"enabled": false}}}}}),
+        );
+        // Validation alone (no defaults) refuses secure boot without SMM, as KubeVirt does.
+        let mut vmi = Vmi::default();
+        vmi.spec.domain.firmware = Some(Firmware {
+            bootloader: Some(Bootloader {
+                efi: Some(Efi::default()),
+                bios: None,
+            }),
+            ..Firmware::default()
+        });
+        let p = validate(&vmi).unwrap_err();
+        assert!(
+            p.iter()
+                .any(|p| p.path == "spec.domain.features.smm.enabled"),
+            "{p:#?}"
         );
     }
 
