@@ -491,7 +491,7 @@ impl Validator {
             self.push(
                 "spec.domain.firmware.acpi",
                 not_supported(
-                    "custom ACPI tables (SLIC/MSDM)",
+                    "a custom ACPI table (SLIC/MSDM)",
                     "it has no volume plumbing for ACPI tables",
                 ),
             );
@@ -501,7 +501,7 @@ impl Validator {
                 self.push(
                     "spec.domain.firmware.bootloader.efi.persistent",
                     not_supported(
-                        "persistent EFI variables",
+                        "a persistent EFI variable store",
                         "they need a backend-storage PVC, which a launcher pod does not have",
                     ),
                 );
@@ -510,6 +510,17 @@ impl Validator {
                 self.push(
                     "spec.domain.firmware.bootloader",
                     "sets both bios and efi: choose one",
+                );
+            }
+            let acpi_off = d
+                .features
+                .as_ref()
+                .and_then(|f| f.acpi.as_ref())
+                .is_some_and(|a| a.enabled == Some(false));
+            if bl.efi.is_some() && acpi_off {
+                self.push(
+                    "spec.domain.features.acpi.enabled",
+                    "is false, but EFI firmware needs ACPI on x86_64: enable ACPI or boot with BIOS",
                 );
             }
             if let Some(efi) = &bl.efi {
@@ -1096,6 +1107,25 @@ impl Validator {
             }
             if let Some(t) = &d.disk {
                 self.bus(&format!("{p}.disk.bus"), t.bus.as_deref(), "disk");
+                let pvc_read_only = s
+                    .volumes
+                    .iter()
+                    .find(|v| v.name == d.name)
+                    .and_then(|v| v.persistent_volume_claim.as_ref())
+                    .is_some_and(|c| c.read_only == Some(true));
+                if t.bus.as_deref() == Some("sata") && (t.readonly == Some(true) || pvc_read_only) {
+                    self.push(
+                        format!("{p}.disk.readonly"),
+                        format!(
+                            "{}: libvirt cannot make a SATA hard disk read-only; use bus virtio or scsi, or a cdrom",
+                            if pvc_read_only && t.readonly != Some(true) {
+                                "the disk's claim is readOnly"
+                            } else {
+                                "is true"
+                            }
+                        ),
+                    );
+                }
                 if let Some(addr) = t.pci_address.as_deref() {
                     self.pci_address(&format!("{p}.disk.pciAddress"), addr);
                     if t.bus.as_deref().is_some_and(|b| b != "virtio") {
@@ -1180,7 +1210,7 @@ impl Validator {
                     None => self.push(
                         format!("{p}.blockSize"),
                         not_supported(
-                            "matchVolume block sizes",
+                            "a matchVolume block size",
                             "it does not probe the volume; give blockSize.custom",
                         ),
                     ),
@@ -2695,6 +2725,42 @@ mod tests {
         for b in ["virtio", "sata", "scsi", "usb"] {
             good(disk0(json!({"disk": {"bus": b}})));
         }
+    }
+
+    #[test]
+    fn a_sata_disk_cannot_be_read_only() {
+        bad(
+            disk0(json!({"disk": {"bus": "sata", "readonly": true}})),
+            "spec.domain.devices.disks[0].disk.readonly",
+            "cannot make a SATA hard disk read-only",
+        );
+        let mut p = disk0(json!({})); // the default bus is sata
+        merge(
+            &mut p,
+            vol0(json!({"persistentVolumeClaim": {"claimName": "c", "readOnly": true}})),
+        );
+        bad(
+            p,
+            "spec.domain.devices.disks[0].disk.readonly",
+            "the disk's claim is readOnly",
+        );
+        good(disk0(json!({"disk": {"bus": "virtio", "readonly": true}})));
+        good(disk0(json!({"disk": {"bus": "sata", "readonly": false}})));
+    }
+
+    #[test]
+    fn efi_needs_acpi() {
+        bad(
+            json!({"spec": {"domain": {"features": {"acpi": {"enabled": false}}, "firmware": {"bootloader": {"efi": {"secureBoot": false}}}}}}),
+            "spec.domain.features.acpi.enabled",
+            "EFI firmware needs ACPI",
+        );
+        good(
+            json!({"spec": {"domain": {"features": {"acpi": {"enabled": false}}, "firmware": {"bootloader": {"bios": {}}}}}}),
+        );
+        good(
+            json!({"spec": {"domain": {"features": {"acpi": {}}, "firmware": {"bootloader": {"efi": {"secureBoot": false}}}}}}),
+        );
     }
 
     #[test]
