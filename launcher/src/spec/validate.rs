@@ -10,8 +10,12 @@
 //! - the VMI is invalid (KubeVirt's admission webhook would refuse it too), e.g. an interface
 //!   without a network of the same name;
 //! - the VMI asks for something this launcher cannot provide inside a pod (GPUs, host devices,
-//!   DRA claims, confidential computing, non-amd64 guests, sound, virtiofs, USB redirection).
-//!   Those messages say "... is not supported by this launcher: <why>".
+//!   DRA claims, confidential computing, non-amd64 guests, virtiofs, USB redirection, hotplug,
+//!   persistent TPM/EFI state, ...). Those messages say "... is not supported by this launcher:
+//!   <why>".
+//!
+//! What the launcher accepts but ignores (a hook sidecar) is not a problem: [`warnings`] lists
+//! it, and `launcher validate --strict` turns it into one.
 //!
 //! The full list of rules is in `docs/spec.md`; every rule has a failing and a passing unit
 //! test below.
