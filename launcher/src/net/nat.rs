@@ -7,7 +7,9 @@
 //! names inside the tables are KubeVirt's (`KUBEVIRT_PREINBOUND`, `KUBEVIRT_POSTINBOUND`), which
 //! operators already know. The table name is not: KubeVirt uses `nat`, which is also the table
 //! that iptables-nft (and so an Istio init container) uses, and deleting it would wipe the
-//! sidecar's rules. `docs/nat.md` lists exactly which traffic reaches the guest.
+//! sidecar's rules. A `forward` filter chain in the same table lets only DNATed connections and
+//! replies cross from the pod interface to the bridge, so the guest's private address cannot be
+//! reached around the port list. `docs/nat.md` lists exactly which traffic reaches the guest.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
