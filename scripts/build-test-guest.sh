@@ -286,6 +286,12 @@ done
 
 if [ -n "$LISTEN" ]; then
   nc -ll -p "$LISTEN" -e /bin/hello &
+  # Report only once the socket listens, so a peer acting on the marker is not refused.
+  i=0
+  while [ $i -lt 50 ] && ! netstat -ltn 2>/dev/null | grep -q ":$LISTEN "; do
+    i=$((i + 1))
+    sleep 0.1
+  done
   echo "GUEST-LISTEN port=$LISTEN"
 fi
 

@@ -122,6 +122,7 @@ fn flannel_pod_has_its_network_identity() {
     // eth0 is a veth whose peer is the node-side veth, which carries the gateway.
     let link = json(&pod.exec_ok(&["ip", "-j", "-d", "link", "show", "dev", "eth0"]));
     assert_eq!(link[0]["linkinfo"]["info_kind"], "veth");
+    assert_eq!(link[0]["address"].as_str(), Some(i.pod_mac.as_str()));
     let node = json(&pod.node_ok(&["ip", "-j", "addr", "show", "dev", &i.node_veth]));
     assert_eq!(node[0]["mtu"], 1450);
     assert_eq!(node[0]["addr_info"][0]["local"], "10.244.1.1");
@@ -687,7 +688,14 @@ fn test_guest_dhcp_ping_listen_and_acpi_poweroff() {
         vec!["GUEST-LISTEN port=7777"]
     );
     // The listener answers (through qemu's port forward, inside the pod).
-    let hello = pod.exec_ok(&["sh", "-c", "busybox nc 127.0.0.1 7777 </dev/null"]);
+    let mut hello = String::new();
+    for _ in 0..10 {
+        hello = pod.exec_ok(&["sh", "-c", "busybox nc 127.0.0.1 7777 </dev/null || true"]);
+        if !hello.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert_eq!(hello, "HELLO-FROM-GUEST\n");
 
     // ACPI power button (what libvirt's shutdown sends): the guest powers off.

@@ -124,6 +124,8 @@ pub struct SandboxInfo {
     pub node_netns: String,
     pub style: String,
     pub mtu: u32,
+    /// The MAC `eth0` had when the pod was made (a launcher may move it to the VM).
+    pub pod_mac: String,
     pub pod_ip: String,
     pub pod_prefix: u8,
     pub gateway: String,
@@ -159,6 +161,7 @@ impl SandboxInfo {
             node_netns: s("node_netns"),
             style: s("style"),
             mtu: raw["mtu"].as_u64().expect("info.mtu") as u32,
+            pod_mac: s("pod_mac"),
             pod_ip: s("pod_ip"),
             pod_prefix: raw["pod_prefix"].as_u64().expect("info.pod_prefix") as u8,
             gateway: s("gateway"),
