@@ -277,7 +277,9 @@ impl Sandbox {
         self.exec_ok(&["sh", "-c", script])
     }
 
-    /// Starts `args` inside the pod with stdout and stderr piped.
+    /// Starts `args` inside the pod with stdout and stderr piped. The child's pid is the
+    /// command itself (sandbox.sh execs nsenter, which execs the command), so a signal sent to
+    /// `child.id()` (e.g. SIGTERM to `launcher run`) reaches it directly.
     pub fn exec_spawn(&self, args: &[&str]) -> Child {
         self.exec_cmd(args)
             .stdin(Stdio::null())
@@ -448,10 +450,10 @@ pub fn test_guest() -> TestGuest {
 }
 
 /// Kernel command line for the test guest: serial console, quiet, no IO-APIC timer check (it
-/// fails under TCG on a loaded host and panics the kernel), reboot (= exit with
+/// fails under TCG on a loaded host and panics the kernel), no crypto self-tests (slow), reboot (= exit with
 /// `-no-reboot`) on panic, plus the `guest.*` options (see scripts/build-test-guest.sh).
 pub fn guest_cmdline(extra: &str) -> String {
-    format!("console=ttyS0 quiet panic=-1 no_timer_check {extra}")
+    format!("console=ttyS0 quiet panic=-1 no_timer_check cryptomgr.notests {extra}")
         .trim()
         .to_string()
 }
