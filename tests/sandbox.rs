@@ -608,17 +608,20 @@ fn test_guest_boots_under_tcg_without_nic() {
     let tmp = tempfile::tempdir().unwrap();
     let serial = tmp.path().join("serial.log");
     let start = Instant::now();
+    let errlog = tmp.path().join("qemu.stderr");
     let mut child = qemu_cmd(&serial, "guest.poweroff=0")
         .args(["-nic", "none"])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(fs::File::create(&errlog).unwrap())
         .spawn()
         .expect("starting qemu-system-x86_64 (scripts/setup.sh installs it)");
     let (ready, log) = wait_for_text(&serial, "GUEST-READY", guest_boot_timeout());
     if !ready {
         let _ = child.kill();
+        let _ = child.wait();
+        let err = fs::read_to_string(&errlog).unwrap_or_default();
         panic!(
-            "no GUEST-READY within {:?}; serial log:\n{log}",
+            "no GUEST-READY within {:?}; serial log:\n{log}\nqemu stderr:\n{err}",
             guest_boot_timeout()
         );
     }
@@ -663,12 +666,20 @@ fn test_guest_dhcp_ping_listen_and_acpi_poweroff() {
         .collect();
     let mut argv = vec![prog.as_str()];
     argv.extend(args.iter().map(String::as_str));
-    let mut child = pod.exec_spawn(&argv);
+    let errlog = tmp.path().join("qemu.stderr");
+    let mut child = pod
+        .exec_cmd(&argv)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&errlog).unwrap())
+        .spawn()
+        .unwrap();
 
     let (ready, log) = wait_for_text(&serial, "GUEST-READY", guest_boot_timeout());
     if !ready {
         let _ = child.kill();
-        panic!("no GUEST-READY; serial log:\n{log}");
+        let _ = child.wait();
+        let err = fs::read_to_string(&errlog).unwrap_or_default();
+        panic!("no GUEST-READY; serial log:\n{log}\nqemu stderr:\n{err}");
     }
     let dhcp = marker_lines(&log, "GUEST-DHCP");
     assert_eq!(dhcp.len(), 1, "{log}");
