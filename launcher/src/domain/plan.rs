@@ -1494,7 +1494,10 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
                         format!("{:?} is not a unicast MAC address", nic.mac),
                     )
                 })?;
-                let queues = nic.queues.filter(|q| *q > 1 && is_virtio);
+                // Multiqueue is a tap feature: passt's socket backend has a single queue.
+                let queues = nic.queues.filter(|q| {
+                    *q > 1 && is_virtio && matches!(attach, NicAttach::Ethernet { .. })
+                });
                 let (kind_s, target_dev, driver_name, port_forwards) = match attach {
                     NicAttach::Ethernet { device } => {
                         check_text(&format!("network result {:?}", iface.name), device)?;
