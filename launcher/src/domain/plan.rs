@@ -1572,6 +1572,15 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
             bus,
         });
     }
+    if inputs.is_empty() && dev.autoattach_input_device == Some(true) {
+        // KubeVirt's autoattachInputDevice: a USB tablet for graphical consoles.
+        usb_needed = true;
+        inputs.push(InputPlan {
+            name: "default-0".into(),
+            kind: "tablet".into(),
+            bus: "usb".into(),
+        });
+    }
     controllers.insert(
         0,
         ControllerPlan {
