@@ -132,7 +132,9 @@ fn goldens() {
     // No stale goldens.
     for e in std::fs::read_dir(&golden_dir).unwrap().flatten() {
         let n = e.file_name().to_string_lossy().to_string();
-        assert!(expected.contains(&n), "golden {n} has no fixture");
+        if n.ends_with(".xml") {
+            assert!(expected.contains(&n), "golden {n} has no fixture");
+        }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
@@ -150,26 +152,18 @@ fn launcher(args: &[&str]) -> (i32, String, String) {
     )
 }
 
-/// Field names the VMI model does not know yet (reported to the spec helper): until it does,
-/// these fixture fields are ignored by the loader. Any other unknown field is a fixture typo
-/// that would silently drop coverage.
-const KNOWN_MODEL_GAPS: &[&str] = &[
-    "spec.domain.devices.autoattachVSOCK",
-    "spec.domain.devices.disks[0].dedicatedIOThread",
-];
-
 #[test]
 fn fixtures_use_only_fields_the_launcher_knows() {
     for f in fixtures() {
         let text = std::fs::read_to_string(&f).unwrap();
         let loaded = launcher::spec::parse_str(&text, &f.display().to_string()).unwrap();
-        for u in &loaded.unknown_fields {
-            assert!(
-                KNOWN_MODEL_GAPS.contains(&u.as_str()),
-                "{}: unknown field {u}",
-                f.display()
-            );
-        }
+        // An unknown field is a fixture typo (or a model gap) that would silently drop coverage.
+        assert!(
+            loaded.unknown_fields.is_empty(),
+            "{}: unknown fields {:?}",
+            f.display(),
+            loaded.unknown_fields
+        );
     }
 }
 
@@ -212,6 +206,13 @@ fn kubevirt_examples() {
         ("vmi-gpu.yaml", "spec.domain.devices.gpus"),
         ("vmi-dra-pgpu.yaml", "spec.domain.devices.gpus"),
         ("vmi-usb.yaml", "spec.domain.devices.hostDevices"),
+        // Not hardware, but refused by validation with the field named: instance types need
+        // the KubeVirt API server, hook sidecars a hook protocol.
+        ("vm-windows-clarge-windows.yaml", "spec.instancetype"),
+        (
+            "vmi-with-sidecar-hook.yaml",
+            "hooks.kubevirt.io/hookSidecars",
+        ),
     ]
     .into();
     // Kinds the loader does not unwrap (not a VMI or VM): refused with the kind named.
@@ -261,7 +262,7 @@ fn kubevirt_examples() {
         validate(&x);
         rendered += 1;
     }
-    assert!(rendered >= 20, "only {rendered} examples rendered");
+    assert!(rendered >= 18, "only {rendered} examples rendered");
 }
 
 #[test]

@@ -12,8 +12,8 @@
 pub mod apply;
 pub mod binding;
 pub mod discover;
-pub mod plan;
 pub mod nat;
+pub mod plan;
 pub mod state;
 
 use std::fmt;
