@@ -22,7 +22,7 @@ BACKPORTS_PKGS=(
 MAIN_PKGS=(
   libxml2-utils qemu-utils xorriso ovmf passt nftables dnsmasq-base kea-admin
   isc-dhcp-client busybox-static linux-image-amd64 iproute2 procps cpio kmod
-  util-linux pkg-config iperf3 time
+  util-linux pkg-config iperf3 time jq
   debootstrap
 )
 
