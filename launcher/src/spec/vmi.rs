@@ -451,7 +451,11 @@ pub struct Devices {
     pub autoattach_mem_balloon: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoattach_input_device: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "autoattachVSOCK",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub autoattach_vsock: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<serde_json::Value>,
@@ -531,7 +535,11 @@ pub struct Gpu {
     pub request_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "virtualGPUOptions",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub virtual_gpu_options: Option<serde_json::Value>,
 }
 
@@ -567,7 +575,11 @@ pub struct Disk {
     pub boot_order: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "dedicatedIOThread",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dedicated_io_thread: Option<bool>,
     /// none, writethrough, writeback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -795,7 +807,11 @@ pub struct Network {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodNetwork {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "vmNetworkCIDR",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vm_network_cidr: Option<String>,
     #[serde(
         default,
