@@ -223,8 +223,11 @@ pub struct Prepared {
     siaddr: Ipv4Addr,
     /// The `file` header field (the boot file, for PXE ROMs that read only the header).
     file: Option<Vec<u8>>,
-    /// (code, value) in default send order; 249 mirrors 121 and is sent only when requested.
+    /// (code, value) in default send order.
     catalog: Vec<(u8, Vec<u8>)>,
+    /// Option 249 (Microsoft's pre-standard classless routes): the value of 121, sent only
+    /// when requested (Windows asks for it).
+    ms_routes: Option<Vec<u8>>,
 }
 
 impl Prepared {
@@ -266,6 +269,7 @@ impl Prepared {
         }
 
         let mut catalog: Catalog = Vec::new();
+        let mut ms_routes = None;
         catalog.push((
             1,
             options::prefix_mask(cfg.prefix_len).to_be_bytes().to_vec(),
@@ -293,7 +297,7 @@ impl Prepared {
         if !routes.is_empty() {
             let v = options::encode_classless_routes(&routes);
             catalog.push((121, v.clone()));
-            catalog.push((249, v));
+            ms_routes = Some(v);
         }
         push_ips(&mut catalog, &mut warnings, 42, "NTP", &cfg.ntp);
         push_str(
@@ -314,7 +318,9 @@ impl Prepared {
                     "private option {code} left out: {} bytes is over 255",
                     value.len()
                 ));
-            } else if catalog.iter().any(|(c, _)| c == code) {
+            } else if catalog.iter().any(|(c, _)| c == code)
+                || (*code == 249 && ms_routes.is_some())
+            {
                 warnings.push(format!(
                     "private option {code} left out: given more than once"
                 ));
@@ -344,6 +350,7 @@ impl Prepared {
                 siaddr,
                 file,
                 catalog,
+                ms_routes,
             },
             warnings,
         ))
@@ -355,6 +362,11 @@ impl Prepared {
     }
 
     fn lookup(&self, code: u8) -> Option<&[u8]> {
+        if code == 249 {
+            if let Some(v) = &self.ms_routes {
+                return Some(v);
+            }
+        }
         self.catalog
             .iter()
             .find(|(c, _)| *c == code)
@@ -724,5 +736,537 @@ pub fn handle(cfg: &V4Config, packet: &[u8]) -> Outcome {
     match Prepared::new(cfg) {
         Ok((p, _)) => p.handle(packet),
         Err(_) => Outcome::Drop(DropReason::InvalidConfig),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dhcp::V4Route;
+    use dhcproto::v4::{DhcpOption, Flags, Message, Opcode};
+    use dhcproto::{Decodable, Decoder, Encodable, Encoder};
+
+    const MAC: [u8; 6] = [0x02, 0, 0, 0, 0xaa, 0x01];
+
+    fn ip(s: &str) -> Ipv4Addr {
+        s.parse().unwrap()
+    }
+
+    fn cfg() -> V4Config {
+        V4Config {
+            interface: "k6t-eth0".into(),
+            server_ip: ip("169.254.75.10"),
+            client_mac: MAC,
+            client_ip: ip("10.244.1.5"),
+            prefix_len: 24,
+            router: Some(ip("10.244.1.1")),
+            routes: vec![V4Route {
+                dest: ip("0.0.0.0"),
+                prefix_len: 0,
+                gateway: ip("10.244.1.1"),
+            }],
+            dns: vec![ip("10.96.0.10")],
+            search: vec!["default.svc.cluster.local".into(), "cluster.local".into()],
+            domain: Some("default.svc.cluster.local".into()),
+            hostname: Some("vm1".into()),
+            mtu: 1450,
+            lease_secs: 86400,
+            ntp: vec![],
+            tftp_server: None,
+            boot_file: None,
+            private: vec![],
+        }
+    }
+
+    fn request(mt: MessageType, mac: &[u8], extra: Vec<DhcpOption>) -> Message {
+        let mut m = Message::new_with_id(
+            0x1234_5678,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            Ipv4Addr::UNSPECIFIED,
+            mac,
+        );
+        m.opts_mut().insert(DhcpOption::MessageType(mt));
+        for o in extra {
+            m.opts_mut().insert(o);
+        }
+        m
+    }
+
+    fn encode(m: &Message) -> Vec<u8> {
+        let mut b = Vec::new();
+        m.encode(&mut Encoder::new(&mut b)).unwrap();
+        b
+    }
+
+    fn run(c: &V4Config, m: &Message) -> Outcome {
+        handle(c, &encode(m))
+    }
+
+    fn reply(o: Outcome) -> Reply {
+        match o {
+            Outcome::Reply(r) => r,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    /// (code, value) of every option in wire order, with RFC 3396 pieces kept apart.
+    fn raw_options(b: &[u8]) -> Vec<(u8, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut i = HEADER_LEN + 4;
+        while i < b.len() && b[i] != 255 {
+            if b[i] == 0 {
+                i += 1;
+                continue;
+            }
+            let len = b[i + 1] as usize;
+            out.push((b[i], b[i + 2..i + 2 + len].to_vec()));
+            i += 2 + len;
+        }
+        assert_eq!(b.get(i), Some(&255), "no End option");
+        out
+    }
+
+    fn codes(b: &[u8]) -> Vec<u8> {
+        raw_options(b).into_iter().map(|(c, _)| c).collect()
+    }
+
+    fn decode(b: &[u8]) -> Message {
+        Message::decode(&mut Decoder::new(b)).unwrap()
+    }
+
+    #[test]
+    fn discover_gets_an_offer_with_every_option() {
+        let r = reply(run(&cfg(), &request(MessageType::Discover, &MAC, vec![])));
+        assert_eq!(r.kind, ReplyKind::Offer);
+        assert_eq!(
+            r.dest,
+            Destination::Yiaddr {
+                ip: ip("10.244.1.5"),
+                mac: MAC
+            }
+        );
+        let m = decode(&r.bytes);
+        assert_eq!(m.opcode(), Opcode::BootReply);
+        assert_eq!(m.xid(), 0x1234_5678);
+        assert_eq!(m.yiaddr(), ip("10.244.1.5"));
+        assert_eq!(m.ciaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(m.chaddr(), &MAC);
+        assert_eq!(m.opts().msg_type(), Some(MessageType::Offer));
+        // 53, 54, 51 first, then the default order; 249 only when asked.
+        assert_eq!(
+            codes(&r.bytes),
+            vec![53, 54, 51, 1, 3, 6, 12, 15, 26, 119, 121]
+        );
+        let o = raw_options(&r.bytes);
+        let get = |c: u8| o.iter().find(|(k, _)| *k == c).unwrap().1.clone();
+        assert_eq!(get(54), vec![169, 254, 75, 10]);
+        assert_eq!(get(51), 86400u32.to_be_bytes());
+        assert_eq!(get(1), vec![255, 255, 255, 0]);
+        assert_eq!(get(3), vec![10, 244, 1, 1]);
+        assert_eq!(get(6), vec![10, 96, 0, 10]);
+        assert_eq!(get(12), b"vm1".to_vec());
+        assert_eq!(get(26), 1450u16.to_be_bytes());
+        assert_eq!(get(121), vec![0, 10, 244, 1, 1]);
+        assert!(r.bytes.len() >= BOOTP_MIN_LEN);
+        assert!(r.trimmed.is_empty());
+    }
+
+    #[test]
+    fn parameter_request_list_order_is_honoured() {
+        let prl = vec![
+            OptionCode::DomainSearch,
+            OptionCode::InterfaceMtu,
+            OptionCode::Router,
+            OptionCode::DomainNameServer,
+            OptionCode::SubnetMask,
+            OptionCode::Unknown(249),
+            OptionCode::Hostname,
+        ];
+        let r = reply(run(
+            &cfg(),
+            &request(
+                MessageType::Discover,
+                &MAC,
+                vec![DhcpOption::ParameterRequestList(prl)],
+            ),
+        ));
+        assert_eq!(
+            codes(&r.bytes),
+            vec![53, 54, 51, 119, 26, 3, 6, 1, 249, 12, 15, 121]
+        );
+    }
+
+    #[test]
+    fn request_for_our_address_is_acked() {
+        let r = reply(run(
+            &cfg(),
+            &request(
+                MessageType::Request,
+                &MAC,
+                vec![
+                    DhcpOption::RequestedIpAddress(ip("10.244.1.5")),
+                    DhcpOption::ServerIdentifier(ip("169.254.75.10")),
+                ],
+            ),
+        ));
+        assert_eq!(r.kind, ReplyKind::Ack);
+        let m = decode(&r.bytes);
+        assert_eq!(m.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(m.yiaddr(), ip("10.244.1.5"));
+    }
+
+    #[test]
+    fn renewal_from_ciaddr_is_acked_by_unicast() {
+        let mut m = request(MessageType::Request, &MAC, vec![]);
+        m.set_ciaddr(ip("10.244.1.5"));
+        let r = reply(run(&cfg(), &m));
+        assert_eq!(r.kind, ReplyKind::Ack);
+        assert_eq!(r.dest, Destination::Ciaddr(ip("10.244.1.5")));
+        assert_eq!(decode(&r.bytes).ciaddr(), ip("10.244.1.5"));
+    }
+
+    #[test]
+    fn nak_for_a_stale_address() {
+        // KubeVirt ACKs this (its issue #13601); the guest would keep a wrong address.
+        let r = reply(run(
+            &cfg(),
+            &request(
+                MessageType::Request,
+                &MAC,
+                vec![DhcpOption::RequestedIpAddress(ip("10.244.9.9"))],
+            ),
+        ));
+        assert_eq!(
+            r.kind,
+            ReplyKind::Nak(NakReason::NotOurAddress(ip("10.244.9.9")))
+        );
+        assert_eq!(r.dest, Destination::Broadcast);
+        let m = decode(&r.bytes);
+        assert_eq!(m.opts().msg_type(), Some(MessageType::Nak));
+        assert_eq!(m.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        // A NAK carries only 53 and 54 (RFC 2131 table 3).
+        assert_eq!(codes(&r.bytes), vec![53, 54]);
+    }
+
+    #[test]
+    fn nak_for_a_stale_ciaddr_and_for_another_server() {
+        let mut m = request(MessageType::Request, &MAC, vec![]);
+        m.set_ciaddr(ip("192.168.1.50"));
+        let r = reply(run(&cfg(), &m));
+        assert_eq!(
+            r.kind,
+            ReplyKind::Nak(NakReason::NotOurAddress(ip("192.168.1.50")))
+        );
+        // NAKs are broadcast even when ciaddr is set (§4.1).
+        assert_eq!(r.dest, Destination::Broadcast);
+
+        let r = reply(run(
+            &cfg(),
+            &request(
+                MessageType::Request,
+                &MAC,
+                vec![
+                    DhcpOption::RequestedIpAddress(ip("10.244.1.5")),
+                    DhcpOption::ServerIdentifier(ip("10.0.0.2")),
+                ],
+            ),
+        ));
+        assert_eq!(
+            r.kind,
+            ReplyKind::Nak(NakReason::NotOurServer(ip("10.0.0.2")))
+        );
+
+        let r = reply(run(&cfg(), &request(MessageType::Request, &MAC, vec![])));
+        assert_eq!(r.kind, ReplyKind::Nak(NakReason::NoAddress));
+    }
+
+    #[test]
+    fn nak_through_a_relay_sets_the_broadcast_bit() {
+        let mut m = request(
+            MessageType::Request,
+            &MAC,
+            vec![DhcpOption::RequestedIpAddress(ip("10.9.9.9"))],
+        );
+        m.set_giaddr(ip("10.244.1.254"));
+        let r = reply(run(&cfg(), &m));
+        assert_eq!(r.dest, Destination::Relay(ip("10.244.1.254")));
+        assert_eq!(r.dest.socket_addr().port(), 67);
+        let d = decode(&r.bytes);
+        assert!(d.flags().broadcast());
+        assert_eq!(d.giaddr(), ip("10.244.1.254"));
+    }
+
+    #[test]
+    fn inform_gets_configuration_without_lease() {
+        let mut m = request(MessageType::Inform, &MAC, vec![]);
+        m.set_ciaddr(ip("10.244.1.5"));
+        let r = reply(run(&cfg(), &m));
+        assert_eq!(r.kind, ReplyKind::InformAck);
+        assert_eq!(r.dest, Destination::Ciaddr(ip("10.244.1.5")));
+        let d = decode(&r.bytes);
+        assert_eq!(d.opts().msg_type(), Some(MessageType::Ack));
+        assert_eq!(d.yiaddr(), Ipv4Addr::UNSPECIFIED);
+        assert_eq!(d.ciaddr(), ip("10.244.1.5"));
+        let c = codes(&r.bytes);
+        assert!(!c.contains(&51), "{c:?}");
+        assert!(c.contains(&1) && c.contains(&3) && c.contains(&6));
+    }
+
+    #[test]
+    fn broadcast_flag_means_broadcast() {
+        let mut m = request(MessageType::Discover, &MAC, vec![]);
+        m.set_flags(Flags::default().set_broadcast());
+        let r = reply(run(&cfg(), &m));
+        assert_eq!(r.dest, Destination::Broadcast);
+        assert!(decode(&r.bytes).flags().broadcast());
+    }
+
+    #[test]
+    fn release_and_decline_get_no_reply() {
+        let mut m = request(MessageType::Release, &MAC, vec![]);
+        m.set_ciaddr(ip("10.244.1.5"));
+        assert_eq!(
+            run(&cfg(), &m),
+            Outcome::NoReply(Event::Release {
+                ciaddr: ip("10.244.1.5")
+            })
+        );
+        let m = request(
+            MessageType::Decline,
+            &MAC,
+            vec![DhcpOption::RequestedIpAddress(ip("10.244.1.5"))],
+        );
+        assert_eq!(
+            run(&cfg(), &m),
+            Outcome::NoReply(Event::Decline {
+                addr: Some(ip("10.244.1.5"))
+            })
+        );
+    }
+
+    #[test]
+    fn foreign_mac_is_ignored() {
+        let other = [0x02, 0, 0, 0, 0xbb, 0x02];
+        for mt in [
+            MessageType::Discover,
+            MessageType::Request,
+            MessageType::Inform,
+        ] {
+            assert_eq!(
+                run(&cfg(), &request(mt, &other, vec![])),
+                Outcome::Drop(DropReason::ForeignMac)
+            );
+        }
+    }
+
+    #[test]
+    fn bad_packets_are_dropped_with_their_reason() {
+        let good = encode(&request(MessageType::Discover, &MAC, vec![]));
+        let c = cfg();
+        assert_eq!(handle(&c, &[]), Outcome::Drop(DropReason::Truncated));
+        assert_eq!(
+            handle(&c, &good[..239]),
+            Outcome::Drop(DropReason::Truncated)
+        );
+        assert_eq!(
+            handle(&c, &vec![1u8; 1500]),
+            Outcome::Drop(DropReason::Oversized)
+        );
+        let mut b = good.clone();
+        b[0] = 2;
+        assert_eq!(handle(&c, &b), Outcome::Drop(DropReason::WrongOpcode));
+        let mut b = good.clone();
+        b[2] = 16;
+        assert_eq!(handle(&c, &b), Outcome::Drop(DropReason::BadHardware));
+        let mut b = good.clone();
+        b[236] = 0;
+        assert_eq!(handle(&c, &b), Outcome::Drop(DropReason::BadMagic));
+        // An option that runs past the end.
+        let mut b = good[..240].to_vec();
+        b.extend_from_slice(&[53, 1, 1, 55, 20, 1, 3]);
+        assert_eq!(handle(&c, &b), Outcome::Drop(DropReason::Truncated));
+        // No End option.
+        let mut b = good[..240].to_vec();
+        b.extend_from_slice(&[53, 1, 1]);
+        assert_eq!(handle(&c, &b), Outcome::Drop(DropReason::Malformed));
+        // No message type: plain BOOTP.
+        let mut b = good[..240].to_vec();
+        b.push(255);
+        assert_eq!(handle(&c, &b), Outcome::Drop(DropReason::NoMessageType));
+        // A server's message type.
+        let m = request(MessageType::Offer, &MAC, vec![]);
+        assert_eq!(run(&c, &m), Outcome::Drop(DropReason::UnexpectedType));
+    }
+
+    fn big_cfg() -> V4Config {
+        let mut c = cfg();
+        c.search = (0..12).map(|i| format!("zone{i}.example{i}.org")).collect();
+        c.routes = (0..20)
+            .map(|i| V4Route {
+                dest: Ipv4Addr::new(10, 100 + i, 0, 0),
+                prefix_len: 16,
+                gateway: ip("10.244.1.1"),
+            })
+            .collect();
+        c.ntp = vec![ip("10.0.0.1"), ip("10.0.0.2")];
+        c.private = (224..240).map(|code| (code, vec![code; 20])).collect();
+        c
+    }
+
+    #[test]
+    fn reply_respects_the_576_default_and_keeps_essentials() {
+        let c = big_cfg();
+        let r = reply(run(&c, &request(MessageType::Discover, &MAC, vec![])));
+        assert!(r.bytes.len() <= 576 - 28, "{}", r.bytes.len());
+        assert!(!r.trimmed.is_empty());
+        let got = codes(&r.bytes);
+        for must in [53, 54, 51, 1, 3] {
+            assert!(got.contains(&must), "{must} missing from {got:?}");
+        }
+        // Private options go before anything standard.
+        assert!(
+            r.trimmed.iter().take(3).all(|c| *c >= 224),
+            "{:?}",
+            r.trimmed
+        );
+        assert!(decode(&r.bytes).opts().msg_type() == Some(MessageType::Offer));
+    }
+
+    #[test]
+    fn reply_grows_up_to_option_57_and_the_mtu() {
+        let c = big_cfg();
+        let m = request(
+            MessageType::Discover,
+            &MAC,
+            vec![DhcpOption::MaxMessageSize(1500)],
+        );
+        let r = reply(run(&c, &m));
+        assert!(r.trimmed.is_empty(), "{:?}", r.trimmed);
+        assert!(r.bytes.len() > 548 && r.bytes.len() <= 1450 - 28);
+        // With a small MTU the MTU wins over option 57.
+        let mut small = big_cfg();
+        small.mtu = 600;
+        let r = reply(run(&small, &m));
+        assert!(r.bytes.len() <= 600 - 28, "{}", r.bytes.len());
+        assert!(!r.trimmed.is_empty());
+        // Option 57 below 576 is read as 576.
+        let m = request(
+            MessageType::Discover,
+            &MAC,
+            vec![DhcpOption::MaxMessageSize(300)],
+        );
+        let r = reply(run(&c, &m));
+        assert!(r.bytes.len() <= 548 && r.bytes.len() > 400);
+    }
+
+    #[test]
+    fn requested_options_outlive_unrequested_ones() {
+        let c = big_cfg();
+        let m = request(
+            MessageType::Discover,
+            &MAC,
+            vec![DhcpOption::ParameterRequestList(vec![OptionCode::Unknown(
+                239,
+            )])],
+        );
+        let r = reply(run(&c, &m));
+        let got = codes(&r.bytes);
+        assert_eq!(got[3], 239);
+        assert!(!r.trimmed.contains(&239));
+    }
+
+    #[test]
+    fn long_option_121_is_split_per_rfc3396() {
+        let mut c = big_cfg();
+        c.search.clear();
+        c.private.clear();
+        c.routes = (0..40)
+            .map(|i| V4Route {
+                dest: Ipv4Addr::new(10, 100 + i, 0, 0),
+                prefix_len: 16,
+                gateway: ip("10.244.1.1"),
+            })
+            .collect();
+        let m = request(
+            MessageType::Discover,
+            &MAC,
+            vec![DhcpOption::MaxMessageSize(1500)],
+        );
+        let r = reply(run(&c, &m));
+        let pieces: Vec<_> = raw_options(&r.bytes)
+            .into_iter()
+            .filter(|(k, _)| *k == 121)
+            .collect();
+        assert_eq!(pieces.len(), 2);
+        assert_eq!(pieces[0].1.len(), 255);
+        let joined: Vec<u8> = pieces.iter().flat_map(|(_, v)| v.clone()).collect();
+        assert_eq!(joined.len(), 40 * 7 + 5);
+        assert_eq!(&joined[joined.len() - 5..], &[0, 10, 244, 1, 1]);
+    }
+
+    #[test]
+    fn calico_reply_has_onlink_host_route_then_default_and_keeps_option_3() {
+        let mut c = cfg();
+        c.prefix_len = 32;
+        c.router = Some(ip("169.254.1.1"));
+        c.routes = vec![V4Route {
+            dest: ip("0.0.0.0"),
+            prefix_len: 0,
+            gateway: ip("169.254.1.1"),
+        }];
+        let r = reply(run(&c, &request(MessageType::Discover, &MAC, vec![])));
+        let o = raw_options(&r.bytes);
+        let get = |k: u8| o.iter().find(|(c, _)| *c == k).unwrap().1.clone();
+        assert_eq!(get(1), vec![255, 255, 255, 255]);
+        assert_eq!(get(3), vec![169, 254, 1, 1]);
+        assert_eq!(
+            get(121),
+            vec![32, 169, 254, 1, 1, 0, 0, 0, 0, 0, 169, 254, 1, 1]
+        );
+    }
+
+    #[test]
+    fn relay_agent_information_is_echoed_last() {
+        let mut b = encode(&request(MessageType::Discover, &MAC, vec![]));
+        // Append option 82 before End.
+        let end = b.iter().rposition(|x| *x == 255).unwrap();
+        b.truncate(end);
+        b.extend_from_slice(&[82, 4, 1, 2, 0xab, 0xcd, 255]);
+        let r = reply(handle(&cfg(), &b));
+        let o = raw_options(&r.bytes);
+        assert_eq!(o.last().unwrap(), &(82, vec![1, 2, 0xab, 0xcd]));
+    }
+
+    #[test]
+    fn tftp_and_boot_file_fill_the_header_too() {
+        let mut c = cfg();
+        c.tftp_server = Some("10.0.0.7".into());
+        c.boot_file = Some("pxelinux.0".into());
+        let r = reply(run(&c, &request(MessageType::Discover, &MAC, vec![])));
+        let d = decode(&r.bytes);
+        assert_eq!(d.siaddr(), ip("10.0.0.7"));
+        // (dhcproto keeps the terminating NUL.)
+        assert!(d.fname().unwrap().starts_with(b"pxelinux.0\0"));
+        let c = codes(&r.bytes);
+        assert!(c.contains(&66) && c.contains(&67));
+    }
+
+    #[test]
+    fn invalid_config_is_refused_and_bad_optional_values_warn() {
+        let mut c = cfg();
+        c.prefix_len = 33;
+        assert!(Prepared::new(&c).is_err());
+        let mut c = cfg();
+        c.client_ip = c.server_ip;
+        assert!(Prepared::new(&c).is_err());
+        let mut c = cfg();
+        c.search = vec!["bad name".into(), "ok.example".into()];
+        c.private = vec![(100, vec![1]), (230, vec![1])];
+        c.hostname = Some(String::new());
+        let (p, warnings) = Prepared::new(&c).unwrap();
+        assert_eq!(warnings.len(), 3, "{warnings:?}");
+        assert!(p.lookup(230).is_some() && p.lookup(100).is_none() && p.lookup(12).is_none());
     }
 }

@@ -479,6 +479,7 @@ async fn restore_pod(h: &Handle, orig: &PodInterface, errors: &mut Vec<NetError>
                     address: ip,
                     prefix_len: m.header.prefix_len,
                     flags: 0,
+                    broadcast: None,
                 }
                 .is_ipv6_link_local();
                 if ll {
@@ -579,6 +580,15 @@ async fn add_route(h: &Handle, index: u32, r: &PodRoute) -> Result<(), rtnetlink
 
 async fn add_address(h: &Handle, index: u32, a: &IfAddress) -> Result<(), rtnetlink::Error> {
     let mut req = h.address().add(index, a.address, a.prefix_len);
+    // rtnetlink adds a broadcast address by itself; keep exactly the recorded one.
+    req.message_mut()
+        .attributes
+        .retain(|x| !matches!(x, AddressAttribute::Broadcast(_)));
+    if let Some(b) = a.broadcast {
+        req.message_mut()
+            .attributes
+            .push(AddressAttribute::Broadcast(b));
+    }
     if a.flags != 0 {
         req.message_mut()
             .attributes

@@ -73,6 +73,9 @@ pub struct IfAddress {
     /// address carries the same `nodad`/`noprefixroute` as the original.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub flags: u32,
+    /// IPv4 broadcast (`brd`), only when the original had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broadcast: Option<Ipv4Addr>,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -300,8 +303,10 @@ fn address_of(a: &AddressMessage) -> Option<IfAddress> {
     let mut local = None;
     let mut address = None;
     let mut flags: u32 = u32::from(a.header.flags.bits());
+    let mut broadcast = None;
     for attr in &a.attributes {
         match attr {
+            AddressAttribute::Broadcast(b) => broadcast = Some(*b),
             AddressAttribute::Local(ip) => local = Some(*ip),
             AddressAttribute::Address(ip) => address = Some(*ip),
             AddressAttribute::Flags(f) => flags = f.bits(),
@@ -315,6 +320,7 @@ fn address_of(a: &AddressMessage) -> Option<IfAddress> {
         address: local.or(address)?,
         prefix_len: a.header.prefix_len,
         flags,
+        broadcast,
     })
 }
 

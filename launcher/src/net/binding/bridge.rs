@@ -65,6 +65,7 @@ pub fn plan(ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
                 address: server_ip.into(),
                 prefix_len: 32,
                 flags: 0,
+                broadcast: None,
             }],
         });
     }

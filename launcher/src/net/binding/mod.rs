@@ -124,7 +124,7 @@ pub fn guest_mac(ctx: &IfaceCtx<'_>) -> Result<Mac, NetError> {
 
 /// virtio queues: one per vCPU (at most 256) with networkInterfaceMultiqueue on a virtio NIC.
 pub fn queues(ctx: &IfaceCtx<'_>) -> u32 {
-    let virtio = ctx.iface.model.as_deref().is_none_or(|m| m == "virtio");
+    let virtio = matches!(ctx.iface.model.as_deref(), None | Some("virtio"));
     if ctx.multiqueue && virtio {
         ctx.vcpus.clamp(1, 256)
     } else {
