@@ -522,6 +522,9 @@ async fn restore_pod(h: &Handle, orig: &PodInterface, errors: &mut Vec<NetError>
             .await,
         );
     }
+    if orig.up {
+        wait_running(h, orig.index).await;
+    }
     // Routes without a gateway (on-link, e.g. Calico's 169.254.1.1) first: gateways need them.
     let mut routes: Vec<&PodRoute> = orig.routes.iter().filter(|r| !r.is_kernel()).collect();
     routes.sort_by_key(|r| r.gateway.is_some());
@@ -536,6 +539,22 @@ async fn restore_pod(h: &Handle, orig: &PodInterface, errors: &mut Vec<NetError>
                 e,
             )
         }));
+    }
+}
+
+/// Waits (at most 1 s) until a link that was set up reports `IFF_RUNNING` (carrier and
+/// operstate settle asynchronously after down/up), so the pod is back in its steady state
+/// when teardown returns. A link without carrier just times out.
+async fn wait_running(h: &Handle, index: u32) {
+    use netlink_packet_route::link::LinkFlags;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
+    while std::time::Instant::now() < deadline {
+        let r = h.link().get().match_index(index).execute().try_next().await;
+        match r {
+            Ok(Some(m)) if m.header.flags.contains(LinkFlags::Running) => return,
+            Ok(Some(_)) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            _ => return,
+        }
     }
 }
 
