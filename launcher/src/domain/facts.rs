@@ -86,6 +86,8 @@ pub struct PodFacts {
     /// Volumes whose file (or directory, for files yet to be created) refuses O_DIRECT: their
     /// disks get `cache='writethrough'` instead of `none`.
     pub no_direct_io: BTreeSet<String>,
+    /// The machine types (and aliases) qemu offers; empty means unknown (not checked).
+    pub machine_types: Vec<String>,
 }
 
 impl PodFacts {
@@ -106,6 +108,7 @@ impl PodFacts {
             cpuset: (0..=vcpus).collect(),
             block_volumes: BTreeSet::new(),
             no_direct_io: BTreeSet::new(),
+            machine_types: Vec::new(),
         })
     }
 
@@ -145,8 +148,30 @@ impl PodFacts {
             cpuset,
             block_volumes,
             no_direct_io,
+            machine_types: qemu_machine_types(),
         })
     }
+}
+
+/// The machine types `qemu-system-x86_64 -machine help` lists (empty when qemu cannot run:
+/// libvirt will then report the problem itself).
+pub fn qemu_machine_types() -> Vec<String> {
+    let Ok(out) = std::process::Command::new("qemu-system-x86_64")
+        .args(["-machine", "help"])
+        .output()
+    else {
+        return Vec::new();
+    };
+    parse_machine_help(&String::from_utf8_lossy(&out.stdout))
+}
+
+/// Parses `-machine help`: the first word of each line, plus `(alias of X)` aliases.
+pub fn parse_machine_help(text: &str) -> Vec<String> {
+    text.lines()
+        .skip_while(|l| !l.starts_with("Supported machines"))
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect()
 }
 
 /// The pod's cpuset: cgroup v2 `cpuset.cpus.effective`, else `Cpus_allowed_list`.
@@ -349,6 +374,12 @@ mod tests {
                 crate::error::ExitKind::Precondition
             );
         }
+    }
+
+    #[test]
+    fn machine_help_parses() {
+        let text = "Supported machines are:\nq35                  Standard PC (Q35 + ICH9, 2009) (alias of pc-q35-10.0)\npc-q35-10.0          Standard PC (Q35 + ICH9, 2009) (default)\nnone                 empty machine\n";
+        assert_eq!(parse_machine_help(text), vec!["q35", "pc-q35-10.0", "none"]);
     }
 
     #[test]

@@ -321,6 +321,8 @@ pub struct TpmPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum PrepStep {
+    /// A directory that must exist before the domain starts (sockets, logs, NVRAM).
+    Directory { path: PathBuf },
     /// A qcow2 overlay over a container disk (or an ephemeral PVC), backing format detected.
     Overlay {
         volume: String,
@@ -551,41 +553,10 @@ pub fn port_number(p: i64, path: &str) -> Result<u16, DomainError> {
         .ok_or_else(|| DomainError::invalid(path, format!("port {p} is not in 1..65535")))
 }
 
-/// A Kubernetes quantity in bytes (`1Gi`, `1024M`, `512Mi`, `2`, `1.5Gi`).
+/// A Kubernetes quantity in bytes (`1Gi`, `1024M`, `512Mi`, `2`, `1.5Gi`), via
+/// [`crate::spec::quantity`].
 pub fn quantity_bytes(q: &str) -> Option<u64> {
-    let q = q.trim();
-    let split = q
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(q.len());
-    let (num, suffix) = q.split_at(split);
-    let mult: u128 = match suffix {
-        "" => 1,
-        "k" => 1000,
-        "M" => 1000u128.pow(2),
-        "G" => 1000u128.pow(3),
-        "T" => 1000u128.pow(4),
-        "P" => 1000u128.pow(5),
-        "E" => 1000u128.pow(6),
-        "Ki" => 1 << 10,
-        "Mi" => 1 << 20,
-        "Gi" => 1 << 30,
-        "Ti" => 1 << 40,
-        "Pi" => 1 << 50,
-        "Ei" => 1 << 60,
-        _ => return None,
-    };
-    if num.is_empty() || num.matches('.').count() > 1 {
-        return None;
-    }
-    let (int, frac) = num.split_once('.').unwrap_or((num, ""));
-    let int: u128 = if int.is_empty() { 0 } else { int.parse().ok()? };
-    let mut value = int.checked_mul(mult)?;
-    if !frac.is_empty() {
-        let den = 10u128.checked_pow(u32::try_from(frac.len()).ok()?)?;
-        let f: u128 = frac.parse().ok()?;
-        value = value.checked_add((f * mult).div_ceil(den))?;
-    }
-    u64::try_from(value).ok()
+    spec::quantity::parse_bytes(q).ok()
 }
 
 fn parse_pci(s: &str, path: &str) -> Result<PciAddress, DomainError> {
@@ -750,6 +721,21 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
         ));
     }
     check_text("spec.domain.machine.type", &machine)?;
+    if !facts.machine_types.is_empty() && !facts.machine_types.contains(&machine) {
+        return Err(DomainError::unsupported(
+            "spec.domain.machine.type",
+            format!(
+                "{machine:?} is not a machine type of this qemu (it has {})",
+                facts
+                    .machine_types
+                    .iter()
+                    .filter(|m| m.contains("q35"))
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+    }
 
     // CPU.
     let cpu_spec = d.cpu.clone().unwrap_or_default();
@@ -997,7 +983,14 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
         .bios
         .as_ref()
         .is_some_and(|b| b.use_serial == Some(true));
-    let mut prepare = Vec::new();
+    let mut prepare = vec![PrepStep::Directory {
+        path: vmi_run_dir(&facts.run_dir, vmi),
+    }];
+    if bootloader.efi.is_some() {
+        prepare.push(PrepStep::Directory {
+            path: facts.run_dir.join("nvram"),
+        });
+    }
     let (kernel, initrd, cmdline) = match &firmware.kernel_boot {
         Some(kb) => {
             let kbp = "spec.domain.firmware.kernelBoot";
@@ -1122,7 +1115,7 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
     let acpi = features_spec
         .acpi
         .as_ref()
-        .is_none_or(|a| a.enabled != Some(false));
+        .map_or(true, |a| a.enabled != Some(false));
     let apic = features_spec
         .apic
         .as_ref()
@@ -1260,6 +1253,12 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
     } else {
         None
     };
+    if !acpi && bootloader.efi.is_some() {
+        return Err(DomainError::invalid(
+            format!("{fp}.acpi.enabled"),
+            "EFI firmware needs ACPI on x86_64; enable acpi or boot with BIOS",
+        ));
+    }
     let features = FeaturesPlan {
         acpi,
         apic,
@@ -1396,7 +1395,7 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
 
     // Disks.
     let (disks, iothreads, disk_prep, disk_usb, scsi, sata) =
-        plan_disks(vmi, facts, vcpus, &virtio_model)?;
+        plan_disks(vmi, facts, vcpus, &virtio_model, &mut notes)?;
     prepare.extend(disk_prep);
     usb_needed |= disk_usb;
     if sata {
@@ -1771,6 +1770,7 @@ fn plan_disks(
     facts: &PodFacts,
     vcpus: u32,
     virtio_model: &str,
+    notes: &mut Vec<String>,
 ) -> Result<DiskOutcome, DomainError> {
     let d = &vmi.spec.domain;
     let dp = "spec.domain.devices.disks";
@@ -2136,7 +2136,23 @@ fn plan_disks(
         if device == "lun" {
             source_type = "block";
         }
-        let readonly = readonly || ro_forced;
+        // libvirt refuses read-only SATA hard disks ("readonly sata disks are not supported").
+        let readonly = if device == "disk" && bus == "sata" && (readonly || ro_forced) {
+            if readonly || kind == VolumeKind::PersistentVolumeClaim {
+                return Err(DomainError::unsupported(
+                    format!("{dpath}.readonly"),
+                    "libvirt cannot make a SATA hard disk read-only; use bus virtio or scsi, or a cdrom",
+                ));
+            }
+            // A generated ISO (cloud-init, config) is rebuilt every start: writable is harmless.
+            notes.push(format!(
+                "disk {:?} on SATA is attached writable: libvirt has no read-only SATA disks",
+                disk.name
+            ));
+            false
+        } else {
+            readonly || ro_forced
+        };
         let shareable = disk.shareable == Some(true)
             || vol
                 .host_disk
@@ -2384,6 +2400,127 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::error::{Classify, ExitKind};
+
+    fn vmi(yaml: &str) -> Vmi {
+        let mut v = crate::spec::parse_str(yaml, "t").unwrap().vmi;
+        crate::spec::defaults::apply(&mut v);
+        v
+    }
+
+    fn facts() -> PodFacts {
+        PodFacts {
+            hypervisor: Hypervisor::Kvm,
+            run_dir: "/run/x".into(),
+            container_disk_dir: "/cd".into(),
+            ovmf_dir: "/usr/share/OVMF".into(),
+            cpuset: vec![4, 5, 9],
+            block_volumes: Default::default(),
+            no_direct_io: Default::default(),
+            machine_types: vec![],
+        }
+    }
+
+    const PINNED: &str = "metadata: {name: p}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n    devices: {autoattachPodInterface: false}\n    cpu: {cores: 2, dedicatedCpuPlacement: true, isolateEmulatorThread: true}\n";
+
+    #[test]
+    fn dedicated_cpus_pin_to_the_pod_cpuset_and_isolate_the_emulator() {
+        let p = plan(&vmi(PINNED), &[], &facts()).unwrap();
+        let t = p.cputune.unwrap();
+        assert_eq!(
+            t.vcpupins,
+            vec![
+                VcpuPin {
+                    vcpu: 0,
+                    cpuset: "4".into()
+                },
+                VcpuPin {
+                    vcpu: 1,
+                    cpuset: "5".into()
+                }
+            ]
+        );
+        assert_eq!(t.emulatorpin, "9");
+        let shared = PINNED.replace(", isolateEmulatorThread: true", "");
+        let t = plan(&vmi(&shared), &[], &facts()).unwrap().cputune.unwrap();
+        assert_eq!(t.emulatorpin, "4,5");
+        let mut small = facts();
+        small.cpuset = vec![0, 1];
+        let e = plan(&vmi(PINNED), &[], &small).unwrap_err();
+        assert_eq!(e.exit_kind(), ExitKind::Precondition);
+        assert!(e.to_string().contains("needs 3 CPUs"), "{e}");
+    }
+
+    const DISKS: &str = "metadata: {name: d}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n    devices:\n      autoattachPodInterface: false\n      disks:\n      - {name: a, disk: {bus: virtio}}\n  volumes:\n  - {name: a, persistentVolumeClaim: {claimName: c}}\n";
+
+    #[test]
+    fn cache_follows_o_direct_and_block_volumes_are_devices() {
+        let p = plan(&vmi(DISKS), &[], &facts()).unwrap();
+        let d = &p.devices.disks[0];
+        assert_eq!((d.cache.as_str(), d.source_type.as_str()), ("none", "file"));
+        assert_eq!(d.source, "/run/x/vmi-disks/a/disk.img");
+        let mut f = facts();
+        f.no_direct_io.insert("a".into());
+        let d = plan(&vmi(DISKS), &[], &f).unwrap().devices.disks[0].clone();
+        assert_eq!(d.cache, "writethrough");
+        let e = plan(
+            &vmi(&DISKS.replace("bus: virtio}", "bus: virtio}, cache: none")),
+            &[],
+            &f,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("O_DIRECT"), "{e}");
+        let mut f = facts();
+        f.block_volumes.insert("a".into());
+        let d = plan(&vmi(DISKS), &[], &f).unwrap().devices.disks[0].clone();
+        assert_eq!(
+            (d.source_type.as_str(), d.source.as_str(), d.io.as_deref()),
+            ("block", "/dev/a", Some("native"))
+        );
+    }
+
+    #[test]
+    fn an_interface_without_a_network_result_is_a_bug_not_a_guess() {
+        let v = vmi("metadata: {name: n}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n");
+        assert!(
+            !v.spec.domain.devices.interfaces.is_empty(),
+            "defaults add the pod interface"
+        );
+        let e = plan(&v, &[], &facts()).unwrap_err();
+        assert_eq!(e.exit_kind(), ExitKind::Internal);
+        assert!(e.to_string().contains("\"default\""), "{e}");
+    }
+
+    #[test]
+    fn an_undefaulted_vmi_is_refused_with_the_field_not_a_panic() {
+        let e = plan(&Vmi::default(), &[], &facts()).unwrap_err();
+        assert!(e.to_string().starts_with("metadata.name"), "{e}");
+        let mut v = Vmi::default();
+        v.metadata.name = Some("x".into());
+        let e = plan(&v, &[], &facts()).unwrap_err();
+        assert!(e.to_string().starts_with("spec.domain.memory.guest"), "{e}");
+        assert_eq!(e.exit_kind(), ExitKind::InvalidSpec);
+    }
+
+    #[test]
+    fn machine_types_are_checked_against_qemu_when_known() {
+        let v = vmi("metadata: {name: m}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n    machine: {type: pc-q35-rhel9.6.0}\n    devices: {autoattachPodInterface: false}\n");
+        let mut f = facts();
+        assert!(plan(&v, &[], &f).is_ok(), "unknown list: not checked");
+        f.machine_types = vec!["q35".into(), "pc-q35-10.0".into()];
+        let e = plan(&v, &[], &f).unwrap_err();
+        assert!(e.to_string().contains("spec.domain.machine.type"), "{e}");
+        assert!(e.to_string().contains("pc-q35-10.0"), "{e}");
+    }
+
+    #[test]
+    fn reboot_policy_maps_to_on_reboot() {
+        assert_eq!(reboot_action(None).unwrap(), "restart");
+        assert_eq!(reboot_action(Some("Reboot")).unwrap(), "restart");
+        assert_eq!(reboot_action(Some("Terminate")).unwrap(), "destroy");
+        assert!(reboot_action(Some("Sometimes")).is_err());
+    }
 
     #[test]
     fn quantities() {
