@@ -646,7 +646,9 @@ fn test_guest_dhcp_ping_listen_and_acpi_poweroff() {
     let serial = tmp.path().join("serial.log");
     let mon = tmp.path().join("mon.sock");
     let mut qemu = qemu_cmd(&serial, "guest.ping=10.0.2.2 guest.listen=7777");
-    qemu.args(["-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:7777-:7777"])
+    // q35, as libvirt uses for KubeVirt's default machine type (the -nic none test uses pc).
+    qemu.args(["-machine", "q35"])
+        .args(["-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:7777-:7777"])
         .args([
             "-device",
             "virtio-net-pci,netdev=n0,mac=02:00:00:00:bb:01,romfile=",
