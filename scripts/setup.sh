@@ -23,8 +23,10 @@ MAIN_PKGS=(
   libxml2-utils qemu-utils xorriso ovmf passt nftables dnsmasq-base kea-admin
   isc-dhcp-client busybox-static linux-image-amd64 iproute2 procps cpio kmod
   util-linux pkg-config iperf3 time jq
+  kea-dhcp4-server g++
   debootstrap
 )
+MAIN_PKGS+=(swtpm swtpm-tools) # domain: libvirt refuses <tpm> (emulator) without swtpm
 
 enable_backports() {
   local target=/etc/apt/sources.list.d/launcher-backports.sources
