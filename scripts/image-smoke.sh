@@ -322,6 +322,7 @@ inner_prove() {
   check "nft runs (lists this namespace's ruleset)" in_ct nft list ruleset
   check "passt runs" bash -c "chroot '$CT' passt --version 2>&1 | grep -qi passt"
   check "OVMF firmware present" test -s "$CT/usr/share/OVMF/OVMF_CODE.fd"
+  check "swtpm and swtpm_setup run (TPM emulator)" bash -c "chroot '$CT' swtpm --version && chroot '$CT' swtpm_setup --version"
 
   # libvirt as the launcher runs it: root daemons, unix sockets only, the settings NOTES.md found.
   cat >"$CT/etc/libvirt/qemu.conf" <<'EOF'
