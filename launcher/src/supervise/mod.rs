@@ -350,6 +350,11 @@ async fn bring_up(
         .await
         .map_err(|e| anyhow::anyhow!("disk preparation task: {e}"))??;
 
+    // The VMI's socket directory (serial console, guest agent): qemu binds sockets there.
+    let vmi_dir = domain::plan::vmi_run_dir(&g.run_dir, c.vmi);
+    std::fs::create_dir_all(&vmi_dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", vmi_dir.display()))?;
+
     sw.phase(Phase::Rendering);
     let xml = domain::render::render(&plan, g.template_dir.as_deref())?;
     let xml_path = g.run_dir.join("domain.xml");
