@@ -458,3 +458,23 @@ fn strict_lists_unknown_fields_with_other_problems() {
         ])
     );
 }
+
+#[test]
+fn defaults_are_idempotent_on_every_example_and_fixture() {
+    let mut files = yaml_files(&examples_dir());
+    files.extend(yaml_files(&repo_root().join("tests/fixtures/invalid")));
+    let mut checked = 0;
+    for f in files {
+        let text = std::fs::read_to_string(&f).unwrap();
+        let Ok(loaded) = launcher::spec::parse_str(&text, "t") else {
+            continue; // syntax, type and kind errors have no VMI to default
+        };
+        let mut once = loaded.vmi.clone();
+        launcher::spec::defaults::apply(&mut once);
+        let mut twice = once.clone();
+        launcher::spec::defaults::apply(&mut twice);
+        assert_eq!(once, twice, "{}", f.display());
+        checked += 1;
+    }
+    assert!(checked >= 30, "only {checked} files checked");
+}
