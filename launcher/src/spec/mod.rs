@@ -35,10 +35,11 @@ impl std::fmt::Display for Problem {
 pub enum SpecError {
     #[error("no VMI given: pass --vmi FILE (or --vmi - for standard input, or set LAUNCHER_VMI)")]
     NoVmi,
-    #[error("reading the VMI from {path}: {source}")]
+    /// `error` is not a `source`: the message already carries it, and `{:#}` would repeat it.
+    #[error("reading the VMI from {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin}: {message}")]
     Syntax { origin: String, message: String },
@@ -121,14 +122,6 @@ impl Loaded {
         (vmi, problems)
     }
 
-    /// What the launcher accepts but ignores (see [`validate::warnings`]), with file paths.
-    pub fn warnings(&self, defaulted: &Vmi) -> Vec<Problem> {
-        validate::warnings(defaulted)
-            .into_iter()
-            .map(|p| self.in_file(p))
-            .collect()
-    }
-
     fn in_file(&self, p: Problem) -> Problem {
         Problem {
             path: self.file_path(&p.path),
@@ -148,15 +141,15 @@ pub fn load_path(path: &Path) -> Result<Loaded, SpecError> {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
-            .map_err(|source| SpecError::Read {
+            .map_err(|error| SpecError::Read {
                 path: "<stdin>".into(),
-                source,
+                error,
             })?;
         parse_str(&text, "<stdin>")
     } else {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         parse_str(&text, &path.display().to_string())
     }
@@ -175,6 +168,10 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Loaded, SpecError> {
                     loc.column(),
                     strip_location(&e.to_string())
                 ),
+                None if e.to_string().contains("more than one document") => {
+                    "holds more than one YAML document: give one VirtualMachineInstance per file"
+                        .to_string()
+                }
                 None => format!("YAML syntax error: {e}"),
             },
         })?;
@@ -378,19 +375,14 @@ pub fn load_for_run(g: &GlobalArgs) -> Result<Vmi, SpecError> {
     if !problems.is_empty() {
         return Err(SpecError::Invalid(problems));
     }
-    for w in loaded.warnings(&vmi) {
-        tracing::warn!(field = %w.path, "{}", w.message);
-    }
     Ok(vmi)
 }
 
 /// `launcher validate [--strict]`: exit 0 with one line, or exit 2 listing every problem.
-/// What is accepted but ignored (a hook sidecar) is a `warning:` line on stderr, and a problem
-/// with `--strict`, as are unknown fields.
+/// `--strict` also lists the fields this launcher does not know (otherwise ignored).
 pub fn cmd_validate(g: &GlobalArgs, args: &ValidateArgs) -> anyhow::Result<u8> {
     let loaded = load_from_args(g)?;
     let (vmi, mut problems) = loaded.default_and_validate();
-    let warnings = loaded.warnings(&vmi);
     if args.strict {
         for f in &loaded.unknown_fields {
             problems.push(Problem {
@@ -398,16 +390,7 @@ pub fn cmd_validate(g: &GlobalArgs, args: &ValidateArgs) -> anyhow::Result<u8> {
                 message: "is not a field this launcher knows (listed because of --strict)".into(),
             });
         }
-        problems.extend(warnings.into_iter().map(|w| Problem {
-            path: w.path,
-            message: format!("{} (listed because of --strict)", w.message),
-        }));
-    } else {
-        for w in &warnings {
-            eprintln!("warning: {w}");
-        }
-    }
-    if !args.strict && !loaded.unknown_fields.is_empty() {
+    } else if !loaded.unknown_fields.is_empty() {
         tracing::warn!(
             count = loaded.unknown_fields.len(),
             "the VMI has fields this launcher does not know and ignores; `launcher validate --strict` lists them"
@@ -482,6 +465,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.ends_with("expected a list"), "{msg}");
+    }
+
+    #[test]
+    fn several_documents_are_refused_plainly() {
+        let msg = parse_str(
+            "---\nkind: VirtualMachineInstance\n---\nkind: VirtualMachineInstance\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            msg,
+            "t: holds more than one YAML document: give one VirtualMachineInstance per file"
+        );
+    }
+
+    #[test]
+    fn read_errors_name_the_path_once() {
+        let err = load_path(Path::new("/nonexistent/v.yaml")).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+        assert!(
+            chain.starts_with("reading the VMI from /nonexistent/v.yaml: "),
+            "{chain}"
+        );
     }
 
     #[test]
