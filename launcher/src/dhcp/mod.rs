@@ -9,7 +9,19 @@ use serde::{Deserialize, Serialize};
 use crate::cli::{DhcpServeArgs, GlobalArgs};
 use crate::error::{Classify, ExitKind};
 
+pub mod options;
+pub mod ra;
 pub mod server;
+pub mod v4;
+pub mod v6;
+
+/// The lease time the network module should put into [`V4Config::lease_secs`]: infinite
+/// (0xffffffff, RFC 2131 §3.3). The address is the pod's own and cannot change while the pod
+/// lives, and the server dies with the pod, so a lease that expires could only ever take the
+/// address away from a guest whose launcher is briefly not serving (for example while it
+/// restarts). An infinite lease also means no renewal traffic. Every client we test (busybox
+/// udhcpc, ISC dhclient) accepts it.
+pub const DEFAULT_LEASE_SECS: u32 = u32::MAX;
 
 /// Everything one DHCPv4 server needs, as plain data (built by `net`, served by `dhcp`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,17 +72,62 @@ pub struct V4Route {
 
 #[derive(Debug, thiserror::Error)]
 pub enum DhcpError {
+    /// The configuration built by the network module cannot be served (a bug upstream, or a
+    /// hand-written `dhcp serve` config).
+    #[error("DHCPv4 server for {interface:?}: invalid configuration: {reason}")]
+    InvalidConfig { interface: String, reason: String },
+    /// The server's socket could not be set up, e.g. the interface does not exist.
+    #[error("DHCPv4 server for {interface:?}: {op}")]
+    Socket {
+        interface: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
 
 impl Classify for DhcpError {
     fn exit_kind(&self) -> ExitKind {
-        ExitKind::Internal
+        match self {
+            DhcpError::Socket { .. } => ExitKind::Precondition,
+            DhcpError::InvalidConfig { .. } | DhcpError::Other(_) => ExitKind::Internal,
+        }
     }
 }
 
 /// `launcher dhcp serve --config FILE` (hidden): serve DHCPv4 alone, for tests and benchmarks.
-pub fn cmd_serve(_g: &GlobalArgs, _a: &DhcpServeArgs) -> anyhow::Result<u8> {
-    Err(crate::error::not_implemented("dhcp serve"))
+/// Serves until SIGTERM or SIGINT, logs the counters, exits 0.
+pub fn cmd_serve(_g: &GlobalArgs, a: &DhcpServeArgs) -> anyhow::Result<u8> {
+    use anyhow::Context;
+    let text = std::fs::read_to_string(&a.config)
+        .with_context(|| format!("reading DHCP config {}", a.config.display()))?;
+    let configs: Vec<V4Config> =
+        serde_json::from_str(&text).map_err(|e| crate::error::Classified {
+            kind: ExitKind::InvalidSpec,
+            message: format!(
+                "parsing DHCP config {} (a JSON list of V4Config): {e}",
+                a.config.display()
+            ),
+        })?;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    rt.block_on(async move {
+        // Install the handlers before binding, so a signal right after "ready" is not lost.
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .context("installing the SIGTERM handler")?;
+        let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+            .context("installing the SIGINT handler")?;
+        let servers = server::Dhcp4Servers::start(configs).await?;
+        tracing::info!(servers = servers.len(), "DHCPv4 ready");
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = int.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        servers.shutdown().await;
+        anyhow::Ok(0)
+    })
 }
