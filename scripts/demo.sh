@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 
 STYLE=${DEMO_STYLE:-flannel}
-# ==== INTEGRATION OWNER: switch the default to "launcher" once `launcher run` works. ====
-MODE=${DEMO_MODE:-standin}
+# "launcher": the real thing. "standin": qemu + dnsmasq by hand (from before `run` existed).
+MODE=${DEMO_MODE:-launcher}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 note() { printf '    %s\n' "$*" >&2; }
@@ -92,16 +92,18 @@ try "$LAUNCHER" render --vmi "$VMI" --container-disk-dir "$CDD" --accel tcg --lo
 SERIAL=$WORK/serial.log
 PING_TARGETS=""
 if [[ $MODE == launcher ]]; then
-  # ---- FINAL VERSION (integration owner: fill in / adjust) --------------------------------
+  # ---- THE REAL THING ----------------------------------------------------------------------
   # `launcher run` inside the pod plumbs eth0 into a bridge, serves the pod IP by DHCP and boots
   # the guest under libvirt with TCG; the guest prints GUEST-DHCP (the pod's own IP) and
   # GUEST-PING (the node) on its serial console. SIGTERM (cleanup) stops it gracefully.
   step "launcher run --accel tcg (inside the pod)"
   RUN_DIR=$WORK/run # under /tmp, which the pod shares, so the host can read status.json
   mkdir -p "$RUN_DIR"
-  pod "$LAUNCHER" run --accel tcg --vmi "$VMI" --container-disk-dir "$CDD" \
-    --run-dir "$RUN_DIR" --log-format text >"$WORK/launcher.log" 2>&1 &
-  BG_PID=$! # the launcher itself (sandbox.sh exec does not fork): cleanup sends it SIGTERM
+  # Not through the pod() function: a backgrounded function is a subshell, and $! must be the
+  # launcher itself (sandbox.sh exec execs nsenter, which execs the launcher).
+  bash scripts/sandbox.sh exec "$NAME" -- "$LAUNCHER" run --accel tcg --vmi "$VMI" \
+    --container-disk-dir "$CDD" --run-dir "$RUN_DIR" --log-format text >"$WORK/launcher.log" 2>&1 &
+  BG_PID=$!
   # status.json names the serial log (<run-dir>/<vmi uid>/virt-serial0-log).
   for _ in $(seq 1 480); do
     if [[ -z ${SERIAL_FROM_STATUS:-} && -s $RUN_DIR/status.json ]]; then
@@ -120,11 +122,13 @@ if [[ $MODE == launcher ]]; then
     kill -TERM "$BG_PID"
     rc=0
     wait "$BG_PID" || rc=$?
-    note "launcher exited with $rc"
+    note "launcher exited with $rc (0 = graceful)"
     BG_PID=""
+    # The guest's last words (GUEST-ACPI-POWEROFF when it obeyed the ACPI power button).
+    [[ -n ${SERIAL_FROM_STATUS:-} && -f $SERIAL_FROM_STATUS ]] && cp "$SERIAL_FROM_STATUS" "$SERIAL"
   fi
 else
-  # ---- STAND-IN (until `launcher run` exists) ---------------------------------------------
+  # ---- STAND-IN (DEMO_MODE=standin; from before `launcher run` existed) -------------------
   # Shows the guest side working in the pod: a bridge with a tap, dnsmasq standing in for the
   # launcher's DHCP server on a demo subnet, and masquerade towards the node. (dnsmasq cannot
   # serve the pod's own IP in the bridge design, which is why the launcher has its own server.)
