@@ -512,6 +512,81 @@ impl Drop for Listeners {
     }
 }
 
+/// UDP responders inside a namespace that answer each datagram with
+/// "guest-udp <port> from <peer ip>".
+struct UdpEcho {
+    stop: Arc<AtomicBool>,
+    handle: Option<thread::JoinHandle<()>>,
+}
+
+impl UdpEcho {
+    fn start(ns: &str, addrs: Vec<SocketAddr>) -> UdpEcho {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let st = stop.clone();
+        let handle = in_ns(ns, move || {
+            let socks: Vec<std::net::UdpSocket> = addrs
+                .iter()
+                .map(|a| {
+                    let s =
+                        std::net::UdpSocket::bind(a).unwrap_or_else(|e| panic!("bind {a}: {e}"));
+                    s.set_nonblocking(true).unwrap();
+                    s
+                })
+                .collect();
+            tx.send(()).unwrap();
+            let mut buf = [0u8; 512];
+            while !st.load(Ordering::SeqCst) {
+                for s in &socks {
+                    if let Ok((_, peer)) = s.recv_from(&mut buf) {
+                        let port = s.local_addr().unwrap().port();
+                        let msg = format!("guest-udp {port} from {}", peer.ip().to_canonical());
+                        let _ = s.send_to(msg.as_bytes(), peer);
+                    }
+                }
+                thread::sleep(Duration::from_millis(5));
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(5))
+            .expect("UDP responders did not start");
+        UdpEcho {
+            stop,
+            handle: Some(handle),
+        }
+    }
+}
+
+impl Drop for UdpEcho {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+/// Sends one datagram from inside `ns` and returns the reply (error on timeout or ICMP error).
+fn udp(ns: &str, to: SocketAddr) -> Result<String, String> {
+    in_ns(ns, move || {
+        let any: SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse().unwrap()
+        } else {
+            "[::]:0".parse().unwrap()
+        };
+        let s = std::net::UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
+        s.connect(to).map_err(|e| format!("connect {to}: {e}"))?;
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.send(b"ping").map_err(|e| format!("send {to}: {e}"))?;
+        let mut buf = [0u8; 512];
+        let n = s
+            .recv(&mut buf)
+            .map_err(|e| format!("recv from {to}: {e}"))?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    })
+    .join()
+    .unwrap()
+}
+
 /// Connects from inside `ns` and returns the first line the server sent, or the error.
 fn connect(ns: &str, to: SocketAddr) -> Result<String, String> {
     in_ns(ns, move || {
@@ -637,7 +712,7 @@ fn root_traffic_reaches_the_guest_only_where_it_should() {
             gateway: "fd10:0:2::1".parse().unwrap(),
             pod_ips: vec!["fd77::2".parse().unwrap()],
         }),
-        ports: vec![port(Protocol::Tcp, listed)],
+        ports: vec![port(Protocol::Tcp, listed), port(Protocol::Udp, 5353)],
         port_ranges: vec![],
         istio: false,
     };
@@ -658,6 +733,7 @@ fn root_traffic_reaches_the_guest_only_where_it_should() {
         vec![sa(any6, unlisted), sa(any6, 15021), sa(any6, 15006)],
     );
     let _n = Listeners::start(&node.name, "node", vec![sa(any6, 7070)]);
+    let _u = UdpEcho::start(&guest.name, vec![sa(any6, 5353), sa(any6, listed)]);
 
     let pod4: IpAddr = "192.168.77.2".parse().unwrap();
     let pod6: IpAddr = "fd77::2".parse().unwrap();
@@ -707,6 +783,22 @@ fn root_traffic_reaches_the_guest_only_where_it_should() {
         connect(&guest.name, sa(node6, 7070)).unwrap(),
         "node 7070 from fd77::2"
     );
+
+    // Protocols are honoured: UDP 5353 is listed, TCP 5353 and UDP 8080 are not.
+    assert_eq!(
+        udp(&node.name, sa(pod4, 5353)).unwrap(),
+        "guest-udp 5353 from 192.168.77.1"
+    );
+    assert_eq!(
+        udp(&node.name, sa(pod6, 5353)).unwrap(),
+        "guest-udp 5353 from fd77::1"
+    );
+    assert!(
+        udp(&node.name, sa(pod4, listed)).is_err(),
+        "UDP 8080 must not reach the guest"
+    );
+    let e = connect(&node.name, sa(pod4, 5353)).unwrap_err();
+    assert!(e.contains("refused"), "TCP 5353 must stay in the pod: {e}");
 
     // A neighbour that routes the guest's private subnet via the pod cannot bypass the port
     // list (without our forward guard it could: checked after teardown below).

@@ -7,7 +7,9 @@
 //! names inside the tables are KubeVirt's (`KUBEVIRT_PREINBOUND`, `KUBEVIRT_POSTINBOUND`), which
 //! operators already know. The table name is not: KubeVirt uses `nat`, which is also the table
 //! that iptables-nft (and so an Istio init container) uses, and deleting it would wipe the
-//! sidecar's rules. `docs/nat.md` lists exactly which traffic reaches the guest.
+//! sidecar's rules. A `forward` filter chain in the same table lets only DNATed connections and
+//! replies cross from the pod interface to the bridge, so the guest's private address cannot be
+//! reached around the port list. `docs/nat.md` lists exactly which traffic reaches the guest.
 
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -1030,6 +1032,33 @@ mod tests {
             vec![(22, 23), (8000, 8100), (9000, 9000)]
         );
         assert_eq!(merged_intervals(&c, Protocol::Udp), vec![(53, 53)]);
+    }
+
+    proptest::proptest! {
+        /// Merged intervals are sorted, disjoint, not adjacent, and cover exactly the ports
+        /// and ranges given.
+        #[test]
+        fn merged_intervals_cover_exactly_the_input(
+            ports in proptest::collection::vec(1u16..200, 0..12),
+            ranges in proptest::collection::vec((1u16..200, 0u16..40), 0..6),
+        ) {
+            let mut c = cfg();
+            c.ports = ports.iter().map(|&p| tcp(p)).collect();
+            c.port_ranges = ranges
+                .iter()
+                .map(|&(s, len)| NatPortRange { protocol: Protocol::Tcp, start: s, end: s + len })
+                .collect();
+            let iv = merged_intervals(&c, Protocol::Tcp);
+            for w in iv.windows(2) {
+                proptest::prop_assert!(u32::from(w[0].1) + 1 < u32::from(w[1].0), "{iv:?}");
+            }
+            for p in 0u16..=260 {
+                let want = ports.contains(&p) || ranges.iter().any(|&(s, l)| s <= p && p <= s + l);
+                let got = iv.iter().any(|&(a, b)| a <= p && p <= b);
+                proptest::prop_assert_eq!(want, got, "port {}", p);
+            }
+            proptest::prop_assert!(ruleset(&c).is_ok());
+        }
     }
 
     #[test]

@@ -35,10 +35,11 @@ impl std::fmt::Display for Problem {
 pub enum SpecError {
     #[error("no VMI given: pass --vmi FILE (or --vmi - for standard input, or set LAUNCHER_VMI)")]
     NoVmi,
-    #[error("reading the VMI from {path}: {source}")]
+    /// `error` is not a `source`: the message already carries it, and `{:#}` would repeat it.
+    #[error("reading the VMI from {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin}: {message}")]
     Syntax { origin: String, message: String },
@@ -116,12 +117,16 @@ impl Loaded {
         defaults::apply(&mut vmi);
         let mut problems = self.wrapper_problems.clone();
         if let Err(found) = validate::validate(&vmi) {
-            problems.extend(found.into_iter().map(|p| Problem {
-                path: self.file_path(&p.path),
-                message: p.message,
-            }));
+            problems.extend(found.into_iter().map(|p| self.in_file(p)));
         }
         (vmi, problems)
+    }
+
+    fn in_file(&self, p: Problem) -> Problem {
+        Problem {
+            path: self.file_path(&p.path),
+            message: p.message,
+        }
     }
 }
 
@@ -136,15 +141,15 @@ pub fn load_path(path: &Path) -> Result<Loaded, SpecError> {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
-            .map_err(|source| SpecError::Read {
+            .map_err(|error| SpecError::Read {
                 path: "<stdin>".into(),
-                source,
+                error,
             })?;
         parse_str(&text, "<stdin>")
     } else {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         parse_str(&text, &path.display().to_string())
     }
@@ -163,6 +168,10 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Loaded, SpecError> {
                     loc.column(),
                     strip_location(&e.to_string())
                 ),
+                None if e.to_string().contains("more than one document") => {
+                    "holds more than one YAML document: give one VirtualMachineInstance per file"
+                        .to_string()
+                }
                 None => format!("YAML syntax error: {e}"),
             },
         })?;
@@ -370,6 +379,7 @@ pub fn load_for_run(g: &GlobalArgs) -> Result<Vmi, SpecError> {
 }
 
 /// `launcher validate [--strict]`: exit 0 with one line, or exit 2 listing every problem.
+/// `--strict` also lists the fields this launcher does not know (otherwise ignored).
 pub fn cmd_validate(g: &GlobalArgs, args: &ValidateArgs) -> anyhow::Result<u8> {
     let loaded = load_from_args(g)?;
     let (vmi, mut problems) = loaded.default_and_validate();
@@ -455,6 +465,31 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(msg.ends_with("expected a list"), "{msg}");
+    }
+
+    #[test]
+    fn several_documents_are_refused_plainly() {
+        let msg = parse_str(
+            "---\nkind: VirtualMachineInstance\n---\nkind: VirtualMachineInstance\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            msg,
+            "t: holds more than one YAML document: give one VirtualMachineInstance per file"
+        );
+    }
+
+    #[test]
+    fn read_errors_name_the_path_once() {
+        let err = load_path(Path::new("/nonexistent/v.yaml")).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+        assert!(
+            chain.starts_with("reading the VMI from /nonexistent/v.yaml: "),
+            "{chain}"
+        );
     }
 
     #[test]
