@@ -75,6 +75,12 @@ ensure_state_root() {
   exec 9>&-
 }
 
+# Test hook: SANDBOX_TEST_FAIL_AT=<point> makes create fail at that point (tests/sandbox.rs proves
+# that a half-made sandbox is removed). Points: netns, links, mntns.
+fail_point() {
+  [[ ${SANDBOX_TEST_FAIL_AT:-} != "$1" ]] || die "injected failure at \"$1\" (SANDBOX_TEST_FAIL_AT)"
+}
+
 ns_exists() { [[ -e $NETNS_DIR/$1 ]]; }
 
 sd() { echo "$STATE_ROOT/$1"; }
@@ -213,6 +219,7 @@ cmd_create() {
   ip netns add "$pod"
   ip netns add "$node"
   ip netns add "$stub"
+  fail_point netns
   local ns
   for ns in "$pod" "$node" "$stub"; do
     sysctl_ns "$ns" net.ipv6.conf.all.accept_dad=0 net.ipv6.conf.default.accept_dad=0
@@ -281,7 +288,9 @@ cmd_create() {
   resolv+="options ndots:5"$'\n'
   hosts="127.0.0.1	localhost"$'\n'"::1	localhost ip6-localhost ip6-loopback"$'\n'"$pod_ip	$host"$'\n'
   [[ -n $pod_ip6 ]] && hosts+="$pod_ip6	$host"$'\n'
+  fail_point links
   make_mntns "$pod" "$s/pod" "$host" "$resolv" "$hosts"
+  fail_point mntns
 
   {
     echo "pod_ip=$pod_ip"
@@ -447,7 +456,7 @@ cmd_add_guest() {
   }
   trap cleanup_guest EXIT
   local mtu
-  mtu=$(ip -n "$name" -j link show dev "$br" | jq -r '.[0].mtu')
+  mtu=$(meta_get "$name" mtu) # a VM's NIC and its tap get the pod's MTU
   ip -n "$name" link add "$port" mtu "$mtu" type veth peer name "$gif" netns "$g" mtu "$mtu" address "$mac"
   ip -n "$name" link set "$port" master "$br"
   ip -n "$name" link set "$port" up

@@ -75,7 +75,7 @@ pub enum DhcpError {
     #[error("DHCPv4 server for {interface:?}: invalid configuration: {reason}")]
     InvalidConfig { interface: String, reason: String },
     /// The server's socket could not be set up, e.g. the interface does not exist.
-    #[error("DHCPv4 server for {interface:?}: {op}: {source}")]
+    #[error("DHCPv4 server for {interface:?}: {op}")]
     Socket {
         interface: String,
         op: &'static str,

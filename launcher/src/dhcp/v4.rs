@@ -163,6 +163,8 @@ pub struct Reply {
     pub bytes: Vec<u8>,
     /// Options left out to respect the size limit, in the order they were dropped.
     pub trimmed: Vec<u8>,
+    /// The size limit this reply was fitted to (see [`Prepared::reply_limit`]).
+    pub limit: usize,
 }
 
 /// A request that needs no reply but is worth a log line.
@@ -258,9 +260,9 @@ impl Prepared {
                 fmt_mac(&cfg.client_mac)
             )));
         }
-        if cfg.mtu < 68 {
+        if usize::from(cfg.mtu) < MIN_MAX_MESSAGE {
             return Err(ConfigError(format!(
-                "MTU {} is below IPv4's minimum of 68",
+                "MTU {} is below 576, the smallest datagram every DHCP client must accept",
                 cfg.mtu
             )));
         }
@@ -403,8 +405,7 @@ impl Prepared {
         let mut msg_type = None;
         let mut requested = None;
         let mut server_id = None;
-        let mut prl: &[u8] = &[];
-        let mut prl_buf = Vec::new();
+        let mut prl_opt = None;
         let mut max_size = None;
         let mut relay_info: Option<Vec<u8>> = None;
         for opt in msg.opts() {
@@ -420,18 +421,19 @@ impl Prepared {
                     server_id = Some(ipv4(data));
                 }
                 OptionCode::ParameterRequestList => {
-                    prl_buf = data.to_vec();
+                    prl_opt = Some(opt);
                 }
                 OptionCode::MaxMessageSize if data.len() == 2 => {
                     max_size = Some(u16::from_be_bytes([data[0], data[1]]));
                 }
-                OptionCode::RelayAgentInformation => relay_info = Some(data.to_vec()),
+                // Echoed back (RFC 3046); a value over 255 bytes is not a valid option 82.
+                OptionCode::RelayAgentInformation if data.len() <= options::MAX_OPTION_LEN => {
+                    relay_info = Some(data.to_vec())
+                }
                 _ => {}
             }
         }
-        if !prl_buf.is_empty() {
-            prl = &prl_buf;
-        }
+        let prl: &[u8] = prl_opt.as_ref().map_or(&[], |o| o.data());
         let Some(msg_type) = msg_type else {
             return Outcome::Drop(DropReason::NoMessageType);
         };
@@ -479,7 +481,7 @@ impl Prepared {
             .map(usize::from)
             .unwrap_or(MIN_MAX_MESSAGE)
             .max(MIN_MAX_MESSAGE);
-        client.min(usize::from(self.mtu)) - IP_UDP_OVERHEAD.min(usize::from(self.mtu))
+        client.min(usize::from(self.mtu)) - IP_UDP_OVERHEAD
     }
 
     fn reply(&self, req: &Request<'_>, kind: ReplyKind) -> Reply {
@@ -620,6 +622,7 @@ impl Prepared {
             xid: req.xid,
             bytes: b,
             trimmed,
+            limit,
         }
     }
 }
@@ -1148,6 +1151,11 @@ mod tests {
         // With a small MTU the MTU wins over option 57.
         let mut small = big_cfg();
         small.mtu = 600;
+        assert!(Prepared::new(&V4Config {
+            mtu: 575,
+            ..big_cfg()
+        })
+        .is_err());
         let r = reply(run(&small, &m));
         assert!(r.bytes.len() <= 600 - 28, "{}", r.bytes.len());
         assert!(!r.trimmed.is_empty());

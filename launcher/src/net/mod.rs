@@ -14,6 +14,7 @@ pub mod binding;
 pub mod discover;
 pub mod nat;
 pub mod plan;
+pub mod nat;
 pub mod state;
 
 use std::fmt;

@@ -48,10 +48,14 @@ pub enum SpecError {
         path: String,
         message: String,
     },
-    #[error("{origin}: kind {kind:?} is not a VirtualMachineInstance or a VirtualMachine")]
+    #[error("{origin}: kind {kind:?} is not a VirtualMachineInstance (or a VirtualMachine, VirtualMachineInstanceReplicaSet or VirtualMachinePool holding one)")]
     WrongKind { origin: String, kind: String },
-    #[error("{origin}: the VirtualMachine has no spec.template")]
-    NoTemplate { origin: String },
+    #[error("{origin}: the {kind} has no {path}: there is no VirtualMachineInstance to run")]
+    NoTemplate {
+        origin: String,
+        kind: String,
+        path: String,
+    },
     #[error("{}", format_problems(.0))]
     Invalid(Vec<Problem>),
 }
@@ -84,10 +88,44 @@ impl Classify for SpecError {
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub vmi: Vmi,
-    /// JSON paths of fields that were present but unknown to this launcher.
+    /// JSON paths of fields that were present but unknown to this launcher (paths in the file
+    /// as given, so `spec.template.spec...` for a VirtualMachine).
     pub unknown_fields: Vec<String>,
     /// Where it came from (`path` or `<stdin>`), for messages.
     pub origin: String,
+    /// Where the VMI's own fields sit in the file: `""` for a VMI, `spec.template.` for a
+    /// VirtualMachine or a VirtualMachineInstanceReplicaSet, `spec.virtualMachineTemplate.spec.template.`
+    /// for a VirtualMachinePool. [`Loaded::file_path`] turns a VMI path into a file path.
+    pub path_prefix: String,
+    /// Problems found in the wrapper around the VMI (e.g. a VirtualMachine's instance type),
+    /// reported together with validation's problems.
+    pub wrapper_problems: Vec<Problem>,
+}
+
+impl Loaded {
+    /// The path of a VMI field (`spec.domain...`) in the file as given. `metadata.*` paths are
+    /// kept: a wrapped template's name and namespace come from the wrapper's metadata.
+    pub fn file_path(&self, vmi_path: &str) -> String {
+        if self.path_prefix.is_empty() || vmi_path.starts_with("metadata") {
+            vmi_path.to_string()
+        } else {
+            format!("{}{vmi_path}", self.path_prefix)
+        }
+    }
+
+    /// Defaults, then validation; every problem (the wrapper's too) with its path in the file.
+    pub fn default_and_validate(&self) -> (Vmi, Vec<Problem>) {
+        let mut vmi = self.vmi.clone();
+        defaults::apply(&mut vmi);
+        let mut problems = self.wrapper_problems.clone();
+        if let Err(found) = validate::validate(&vmi) {
+            problems.extend(found.into_iter().map(|p| Problem {
+                path: self.file_path(&p.path),
+                message: p.message,
+            }));
+        }
+        (vmi, problems)
+    }
 }
 
 /// Reads the VMI named by `--vmi` (a path or `-`).
@@ -131,22 +169,35 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Loaded, SpecError> {
                 None => format!("YAML syntax error: {e}"),
             },
         })?;
-    let value = unwrap_vm(value, origin)?;
+    let Unwrapped {
+        value,
+        prefix,
+        problems,
+    } = unwrap_vm(value, origin)?;
     let mut unknown = Vec::new();
     let mut track = serde_path_to_error::Track::new();
     let result: Result<Vmi, _> = serde_ignored::deserialize(
         serde_path_to_error::Deserializer::new(&value, &mut track),
         |p| unknown.push(ignored_path(&p)),
     );
+    let prefixed = |p: String| {
+        if prefix.is_empty() || p.starts_with("metadata") {
+            p
+        } else {
+            format!("{prefix}{p}")
+        }
+    };
     let vmi = result.map_err(|e| SpecError::Type {
         origin: origin.to_string(),
-        path: json_path(&track.path().to_string()),
+        path: prefixed(json_path(&track.path().to_string())),
         message: e.to_string(),
     })?;
     Ok(Loaded {
         vmi,
-        unknown_fields: unknown,
+        unknown_fields: unknown.into_iter().map(prefixed).collect(),
         origin: origin.to_string(),
+        path_prefix: prefix,
+        wrapper_problems: problems,
     })
 }
 
@@ -157,53 +208,111 @@ fn strip_location(msg: &str) -> String {
     }
 }
 
-fn unwrap_vm(mut value: serde_json::Value, origin: &str) -> Result<serde_json::Value, SpecError> {
+struct Unwrapped {
+    value: serde_json::Value,
+    prefix: String,
+    problems: Vec<Problem>,
+}
+
+/// Finds the VMI in what was given: a VirtualMachineInstance itself, or the template of a
+/// VirtualMachine, a VirtualMachineInstanceReplicaSet or a VirtualMachinePool. The template
+/// gets the wrapper's name, namespace and uid where it has none (one launcher runs one VMI).
+fn unwrap_vm(mut value: serde_json::Value, origin: &str) -> Result<Unwrapped, SpecError> {
+    if !value.is_object() {
+        return Err(SpecError::Type {
+            origin: origin.to_string(),
+            path: "(top level)".into(),
+            message: format!(
+                "expected a VirtualMachineInstance object, found {}",
+                match &value {
+                    serde_json::Value::Null => "an empty document",
+                    serde_json::Value::Array(_) => "a list",
+                    serde_json::Value::String(_) => "a string",
+                    _ => "a scalar",
+                }
+            ),
+        });
+    }
     let kind = value
         .get("kind")
         .and_then(|k| k.as_str())
         .unwrap_or("")
         .to_string();
-    match kind.as_str() {
-        "" | "VirtualMachineInstance" => Ok(value),
-        "VirtualMachine" => {
-            let vm_meta = value.get("metadata").cloned().unwrap_or_default();
-            let mut template = value
-                .get_mut("spec")
-                .and_then(|s| s.get_mut("template"))
-                .map(serde_json::Value::take)
-                .filter(|t| !t.is_null())
-                .ok_or_else(|| SpecError::NoTemplate {
-                    origin: origin.to_string(),
-                })?;
-            let obj = template.as_object_mut().ok_or_else(|| SpecError::Type {
+    let template_path: &[&str] = match kind.as_str() {
+        "" | "VirtualMachineInstance" => {
+            return Ok(Unwrapped {
+                value,
+                prefix: String::new(),
+                problems: Vec::new(),
+            })
+        }
+        "VirtualMachine" | "VirtualMachineInstanceReplicaSet" => &["spec", "template"],
+        "VirtualMachinePool" => &["spec", "virtualMachineTemplate", "spec", "template"],
+        other => {
+            return Err(SpecError::WrongKind {
                 origin: origin.to_string(),
-                path: "spec.template".into(),
-                message: "must be an object".into(),
-            })?;
-            let meta = obj
-                .entry("metadata")
-                .or_insert_with(|| serde_json::json!({}));
-            if let (Some(meta), Some(vm_meta)) = (meta.as_object_mut(), vm_meta.as_object()) {
-                for key in ["name", "namespace", "uid"] {
-                    if !meta.contains_key(key) {
-                        if let Some(v) = vm_meta.get(key) {
-                            meta.insert(key.to_string(), v.clone());
-                        }
-                    }
+                kind: other.to_string(),
+            })
+        }
+    };
+    let prefix = format!("{}.", template_path.join("."));
+    let mut problems = Vec::new();
+    // A VirtualMachine's instance type and preference are expanded by the KubeVirt API server.
+    let vm_spec_path = if kind == "VirtualMachinePool" {
+        "spec.virtualMachineTemplate.spec"
+    } else {
+        "spec"
+    };
+    let vm_spec = vm_spec_path.split('.').try_fold(&value, |v, k| v.get(k));
+    for field in ["instancetype", "preference"] {
+        if vm_spec
+            .and_then(|s| s.get(field))
+            .is_some_and(|v| !v.is_null())
+        {
+            problems.push(Problem {
+                path: format!("{vm_spec_path}.{field}"),
+                message: format!(
+                    "a VirtualMachine {} is not supported by this launcher: it is expanded by the KubeVirt API server, which a launcher pod does not talk to; give the expanded VirtualMachineInstance instead",
+                    if field == "instancetype" { "instance type" } else { "preference" }
+                ),
+            });
+        }
+    }
+    let wrapper_meta = value.get("metadata").cloned().unwrap_or_default();
+    let mut template = template_path
+        .iter()
+        .try_fold(&mut value, |v, k| v.get_mut(*k))
+        .map(serde_json::Value::take)
+        .filter(|t| !t.is_null())
+        .ok_or_else(|| SpecError::NoTemplate {
+            origin: origin.to_string(),
+            kind: kind.clone(),
+            path: template_path.join("."),
+        })?;
+    let obj = template.as_object_mut().ok_or_else(|| SpecError::Type {
+        origin: origin.to_string(),
+        path: template_path.join("."),
+        message: "must be an object".into(),
+    })?;
+    let meta = obj
+        .entry("metadata")
+        .or_insert_with(|| serde_json::json!({}));
+    if let (Some(meta), Some(wrapper_meta)) = (meta.as_object_mut(), wrapper_meta.as_object()) {
+        for key in ["name", "namespace", "uid"] {
+            if !meta.contains_key(key) {
+                if let Some(v) = wrapper_meta.get(key) {
+                    meta.insert(key.to_string(), v.clone());
                 }
             }
-            obj.insert(
-                "apiVersion".into(),
-                value.get("apiVersion").cloned().unwrap_or_default(),
-            );
-            obj.insert("kind".into(), "VirtualMachineInstance".into());
-            Ok(template)
         }
-        other => Err(SpecError::WrongKind {
-            origin: origin.to_string(),
-            kind: other.to_string(),
-        }),
     }
+    obj.insert("apiVersion".into(), "kubevirt.io/v1".into());
+    obj.insert("kind".into(), "VirtualMachineInstance".into());
+    Ok(Unwrapped {
+        value: template,
+        prefix,
+        problems,
+    })
 }
 
 /// serde_ignored's path (`spec.domain.devices.disks.0.foo`) as a JSON path (`...disks[0].foo`).
@@ -235,32 +344,28 @@ pub fn load_for_run(g: &GlobalArgs) -> Result<Vmi, SpecError> {
     for f in &loaded.unknown_fields {
         tracing::debug!(field = %f, "ignoring a field this launcher does not know");
     }
-    let mut vmi = loaded.vmi;
-    defaults::apply(&mut vmi);
-    validate::validate(&vmi).map_err(SpecError::Invalid)?;
+    let (vmi, problems) = loaded.default_and_validate();
+    if !problems.is_empty() {
+        return Err(SpecError::Invalid(problems));
+    }
     Ok(vmi)
 }
 
-/// `launcher validate [--strict]`.
+/// `launcher validate [--strict]`: exit 0 with one line, or exit 2 listing every problem.
 pub fn cmd_validate(g: &GlobalArgs, args: &ValidateArgs) -> anyhow::Result<u8> {
     let loaded = load_from_args(g)?;
-    let mut vmi = loaded.vmi;
-    defaults::apply(&mut vmi);
-    let mut problems = match validate::validate(&vmi) {
-        Ok(()) => Vec::new(),
-        Err(p) => p,
-    };
+    let (vmi, mut problems) = loaded.default_and_validate();
     if args.strict {
         for f in &loaded.unknown_fields {
             problems.push(Problem {
                 path: f.clone(),
-                message: "is not a field this launcher knows (listed by --strict)".into(),
+                message: "is not a field this launcher knows (listed because of --strict)".into(),
             });
         }
     } else if !loaded.unknown_fields.is_empty() {
         tracing::warn!(
             count = loaded.unknown_fields.len(),
-            "the VMI has fields this launcher does not know; `launcher validate --strict` lists them"
+            "the VMI has fields this launcher does not know and ignores; `launcher validate --strict` lists them"
         );
     }
     if !problems.is_empty() {
@@ -318,5 +423,180 @@ mod tests {
         let text = "spec:\n  domain:\n    cpu:\n      cores: many\n";
         let msg = parse_str(text, "t").unwrap_err().to_string();
         assert!(msg.contains("spec.domain.cpu.cores"), "{msg}");
+    }
+
+    /// Every field KubeVirt users write, spelled as KubeVirt spells it: none may be "unknown"
+    /// (a misspelt rename would silently drop the field).
+    #[test]
+    fn kubevirt_field_names_are_all_known() {
+        let text = r#"
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: full, generateName: f-, namespace: ns, uid: u, labels: {a: b}, annotations: {c: d}}
+spec:
+  hostname: h
+  subdomain: s
+  terminationGracePeriodSeconds: 5
+  evictionStrategy: None
+  nodeSelector: {a: b}
+  affinity: {}
+  tolerations: []
+  schedulerName: x
+  priorityClassName: x
+  livenessProbe: {}
+  readinessProbe: {}
+  dnsPolicy: ClusterFirst
+  dnsConfig: {}
+  accessCredentials: []
+  architecture: amd64
+  resourceClaims: []
+  domain:
+    ioThreadsPolicy: auto
+    chassis: {manufacturer: m, version: v, serial: s, asset: a, sku: k}
+    launchSecurity: {}
+    resources: {requests: {cpu: 1}, limits: {memory: 1Gi}, overcommitGuestOverhead: true}
+    cpu: {cores: 1, sockets: 1, threads: 1, maxSockets: 2, model: host-model, features: [{name: x, policy: require}], dedicatedCpuPlacement: false, isolateEmulatorThread: false, numa: {}, realtime: {}}
+    memory: {guest: 1Gi, maxGuest: 2Gi, hugepages: {pageSize: 2Mi}}
+    machine: {type: q35}
+    firmware:
+      uuid: 5d307ca9-b3ef-428c-8861-06e72d69f223
+      serial: s
+      acpi: {}
+      bootloader: {bios: {useSerial: true}, efi: {secureBoot: true, persistent: true}}
+      kernelBoot: {kernelArgs: a, container: {image: i, kernelPath: /k, initrdPath: /i, imagePullPolicy: Always, imagePullSecret: s}}
+    clock:
+      utc: {offsetSeconds: 1}
+      timezone: UTC
+      timer: {hpet: {present: true, tickPolicy: delay}, kvm: {present: true}, pit: {present: true}, rtc: {present: true, track: guest}, hyperv: {present: true}}
+    features:
+      acpi: {enabled: true}
+      apic: {enabled: true, endOfInterrupt: false}
+      smm: {enabled: true}
+      pvspinlock: {enabled: true}
+      hypervPassthrough: {enabled: false}
+      kvm: {hidden: true}
+      hyperv: {relaxed: {}, vapic: {}, spinlocks: {enabled: true, spinlocks: 4096}, vpindex: {}, runtime: {}, synic: {}, synictimer: {}, reset: {}, vendorid: {enabled: true, vendorid: v}, frequencies: {}, reenlightenment: {}, tlbflush: {}, ipi: {}, evmcs: {}}
+    devices:
+      networkInterfaceMultiqueue: true
+      autoattachPodInterface: true
+      autoattachGraphicsDevice: true
+      autoattachSerialConsole: true
+      autoattachMemBalloon: true
+      autoattachInputDevice: true
+      autoattachVSOCK: true
+      useVirtioTransitional: false
+      blockMultiQueue: true
+      disableHotplug: false
+      rng: {}
+      tpm: {enabled: true, persistent: false}
+      watchdog: {name: w, i6300esb: {action: reset}}
+      inputs: [{name: t, type: tablet, bus: usb}]
+      clientPassthrough: {}
+      sound: {name: s}
+      gpus: [{name: g, deviceName: d, claimName: c, requestName: r, virtualGPUOptions: {}}]
+      hostDevices: [{name: h, deviceName: d, claimName: c, requestName: r}]
+      filesystems: [{name: f, virtiofs: {}}]
+      disks:
+      - {name: a, disk: {bus: virtio, readonly: true, pciAddress: "0000:00:05.0"}, bootOrder: 1, serial: s, dedicatedIOThread: true, cache: none, io: native, shareable: false, errorPolicy: stop, blockSize: {}, tag: t}
+      - {name: b, cdrom: {bus: sata, readonly: true, tray: closed}}
+      - {name: c, lun: {bus: scsi, readonly: false, reservation: false}}
+      interfaces:
+      - name: default
+        bridge: {}
+        model: virtio
+        macAddress: "02:00:00:00:00:01"
+        ports: [{name: http, protocol: TCP, port: 80}]
+        pciAddress: "0000:00:06.0"
+        bootOrder: 2
+        dhcpOptions: {bootFileName: b, tftpServerName: t, ntpServers: [10.0.0.1], privateOptions: [{option: 240, value: v}]}
+        state: up
+        acpiIndex: 1
+        tag: t
+      - {name: m, masquerade: {}}
+      - {name: v, macvtap: {}}
+      - {name: s, sriov: {}}
+      - {name: p, passt: {}}
+      - {name: l, slirp: {}}
+      - {name: x, binding: {name: tc-redirect}}
+  networks:
+  - {name: default, pod: {vmNetworkCIDR: 10.0.2.0/24, vmIPv6NetworkCIDR: "fd10::/120"}}
+  - {name: m, multus: {networkName: n, default: false}}
+  volumes:
+  - {name: a, containerDisk: {image: i, imagePullPolicy: Always, imagePullSecret: s, path: /p}}
+  - {name: b, cloudInitNoCloud: {userData: u, userDataBase64: dQ==, networkData: n, networkDataBase64: bg==, secretRef: {name: s}, networkDataSecretRef: {name: s}}}
+  - {name: c, cloudInitConfigDrive: {userData: u}}
+  - {name: d, emptyDisk: {capacity: 1Gi}}
+  - {name: e, persistentVolumeClaim: {claimName: c, readOnly: true, hotpluggable: false}}
+  - {name: f, dataVolume: {name: d, hotpluggable: false}}
+  - {name: g, hostDisk: {path: /p, type: Disk, capacity: 1Gi, shared: false}}
+  - {name: h, ephemeral: {persistentVolumeClaim: {claimName: c}}}
+  - {name: i, configMap: {name: c, optional: true, volumeLabel: l}}
+  - {name: j, secret: {secretName: s, optional: true, volumeLabel: l}}
+  - {name: k, serviceAccount: {serviceAccountName: s}}
+  - {name: l, downwardAPI: {fields: [], volumeLabel: l}}
+  - {name: m, sysprep: {}}
+  - {name: n, memoryDump: {}}
+"#;
+        let l = parse_str(text, "full").unwrap();
+        assert_eq!(l.unknown_fields, Vec::<String>::new());
+        let net = &l.vmi.spec.networks[0].pod.as_ref().unwrap();
+        assert_eq!(net.vm_network_cidr.as_deref(), Some("10.0.2.0/24"));
+        assert_eq!(net.vm_ipv6_network_cidr.as_deref(), Some("fd10::/120"));
+        assert_eq!(
+            l.vmi.spec.domain.devices.disks[0].dedicated_io_thread,
+            Some(true)
+        );
+        assert_eq!(l.vmi.spec.domain.devices.autoattach_vsock, Some(true));
+    }
+
+    #[test]
+    fn replica_sets_and_pools_are_unwrapped_with_file_paths() {
+        let rs = "kind: VirtualMachineInstanceReplicaSet\nmetadata: {name: rs}\nspec:\n  template:\n    spec:\n      domain: {devices: {gpus: [{name: g}]}}\n";
+        let l = parse_str(rs, "t").unwrap();
+        assert_eq!(l.vmi.metadata.name.as_deref(), Some("rs"));
+        let (_, problems) = l.default_and_validate();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.path == "spec.template.spec.domain.devices.gpus[0]"),
+            "{problems:#?}"
+        );
+        let pool = "kind: VirtualMachinePool\nmetadata: {name: pool}\nspec:\n  virtualMachineTemplate:\n    spec:\n      template:\n        spec:\n          domain: {devices: {}, memory: {guest: 1Gi}}\n";
+        let l = parse_str(pool, "t").unwrap();
+        assert_eq!(l.path_prefix, "spec.virtualMachineTemplate.spec.template.");
+        let (vmi, problems) = l.default_and_validate();
+        assert_eq!(problems, vec![]);
+        assert_eq!(vmi.metadata.name.as_deref(), Some("pool"));
+    }
+
+    #[test]
+    fn a_vm_instancetype_is_refused_at_the_vm_path() {
+        let vm = "kind: VirtualMachine\nmetadata: {name: vm}\nspec:\n  instancetype: {name: u1.small}\n  template:\n    spec:\n      domain: {devices: {}, memory: {guest: 1Gi}}\n";
+        let (_, problems) = parse_str(vm, "t").unwrap().default_and_validate();
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert_eq!(problems[0].path, "spec.instancetype");
+        assert!(problems[0]
+            .message
+            .contains("not supported by this launcher"));
+    }
+
+    #[test]
+    fn vm_type_errors_and_unknown_fields_use_file_paths() {
+        let vm = "kind: VirtualMachine\nmetadata: {name: vm}\nspec:\n  template:\n    spec:\n      newThing: 1\n      domain: {devices: {}}\n";
+        let l = parse_str(vm, "t").unwrap();
+        assert_eq!(l.unknown_fields, vec!["spec.template.spec.newThing"]);
+        let bad = "kind: VirtualMachine\nspec:\n  template:\n    spec:\n      domain: {cpu: {cores: many}}\n";
+        let msg = parse_str(bad, "t").unwrap_err().to_string();
+        assert!(msg.contains("spec.template.spec.domain.cpu.cores"), "{msg}");
+    }
+
+    #[test]
+    fn other_kinds_and_non_objects_are_refused() {
+        let e = parse_str("kind: Pod\n", "t").unwrap_err();
+        assert!(matches!(e, SpecError::WrongKind { .. }), "{e}");
+        let e = parse_str("- a\n- b\n", "t").unwrap_err();
+        assert!(e.to_string().contains("found a list"), "{e}");
+        let e = parse_str("kind: VirtualMachine\nspec: {}\n", "t").unwrap_err();
+        assert!(e.to_string().contains("has no spec.template"), "{e}");
     }
 }

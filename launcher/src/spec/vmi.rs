@@ -83,6 +83,9 @@ pub struct VmiSpec {
     pub networks: Vec<Network>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub volumes: Vec<Volume>,
+    /// Dynamic Resource Allocation claims: parsed only so that they can be refused precisely.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resource_claims: Vec<serde_json::Value>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -448,7 +451,11 @@ pub struct Devices {
     pub autoattach_mem_balloon: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub autoattach_input_device: Option<bool>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "autoattachVSOCK",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub autoattach_vsock: Option<bool>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rng: Option<serde_json::Value>,
@@ -488,7 +495,7 @@ pub struct Watchdog {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct WatchdogAction {
-    /// poweroff (default), reset, shutdown.
+    /// poweroff, reset (KubeVirt's default), shutdown.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub action: Option<String>,
 }
@@ -528,7 +535,11 @@ pub struct Gpu {
     pub request_name: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<serde_json::Value>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "virtualGPUOptions",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub virtual_gpu_options: Option<serde_json::Value>,
 }
 
@@ -541,6 +552,10 @@ pub struct HostDevice {
     pub device_name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub claim: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_name: Option<String>,
 }
 
 /// A disk device. Exactly one of `disk`, `cdrom`, `lun` is set (validation checks; the
@@ -560,7 +575,11 @@ pub struct Disk {
     pub boot_order: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub serial: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "dedicatedIOThread",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub dedicated_io_thread: Option<bool>,
     /// none, writethrough, writeback.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -788,7 +807,11 @@ pub struct Network {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PodNetwork {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        rename = "vmNetworkCIDR",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub vm_network_cidr: Option<String>,
     #[serde(
         default,

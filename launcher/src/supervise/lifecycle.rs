@@ -1,0 +1,655 @@
+//! The domain's life: the libvirt connection (reconnected, with callbacks re-registered, after a
+//! daemon restart), define + start, and supervision until one defined end.
+//!
+//! Two independent sources say when qemu is gone: libvirt's lifecycle events, and a pidfd on
+//! qemu's pid (which works even while libvirt is down). The first one to fire starts a short
+//! wait for the other, then the end is classified (guest poweroff, stop on request, or crash).
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Once};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use virt::connect::Connect;
+use virt::domain::Domain;
+use virt::sys as vsys;
+
+use super::daemons::DaemonNews;
+use super::signals::{Reaper, Request};
+use super::SuperviseError;
+use crate::sys::libvirt::{self as shim, Event};
+use crate::sys::proc::PidWatch;
+
+/// How long to wait for the second witness of qemu's end (event or pidfd).
+const END_CONFIRM: Duration = Duration::from_secs(2);
+
+static EVENT_LOOP: Once = Once::new();
+
+/// Starts libvirt's default event loop in a dedicated thread (once per process). Must run before
+/// the first connection is opened, so that the connection uses it.
+pub fn start_event_loop() {
+    EVENT_LOOP.call_once(|| {
+        // libvirt prints every error to stderr by default; ours go through tracing instead.
+        virt::error::clear_error_callback();
+        if let Err(e) = virt::event::event_register_default_impl() {
+            tracing::error!(error = %e, "registering libvirt's default event loop");
+            return;
+        }
+        let spawned = std::thread::Builder::new()
+            .name("libvirt-events".into())
+            .stack_size(256 * 1024)
+            .spawn(|| loop {
+                if let Err(e) = virt::event::event_run_default_impl() {
+                    tracing::warn!(error = %e, "libvirt event loop iteration failed");
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "starting the libvirt event thread");
+        }
+    });
+}
+
+/// One libvirt connection with our callbacks on it.
+pub struct Libvirt {
+    pub uri: String,
+    conn: Option<Arc<Connect>>,
+    reg: Option<shim::Registration>,
+    sink: shim::Sink,
+}
+
+fn verr(op: &str, e: virt::error::Error) -> SuperviseError {
+    SuperviseError::Libvirt(format!("{op}: {e}"))
+}
+
+impl Libvirt {
+    /// Opens `uri` and registers the callbacks; events go to `events`.
+    pub async fn connect(
+        uri: &str,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Result<Self, SuperviseError> {
+        start_event_loop();
+        let sink: shim::Sink = Arc::new(move |e| {
+            let _ = events.send(e);
+        });
+        let mut lv = Libvirt {
+            uri: uri.to_string(),
+            conn: None,
+            reg: None,
+            sink,
+        };
+        lv.reconnect().await?;
+        Ok(lv)
+    }
+
+    /// (Re)opens the connection and re-registers every callback (after a daemon restart, the
+    /// old registrations died with the old connection: KubeVirt's issue #194).
+    pub async fn reconnect(&mut self) -> Result<(), SuperviseError> {
+        self.close().await;
+        let uri = self.uri.clone();
+        let sink = self.sink.clone();
+        let (conn, reg) = tokio::task::spawn_blocking(move || {
+            let conn = Connect::open(Some(&uri))
+                .map_err(|e| verr(&format!("connecting to libvirt at {uri}"), e))?;
+            let reg = shim::register(&conn, &sink)
+                .map_err(|e| verr("registering libvirt event callbacks", e))?;
+            Ok::<_, SuperviseError>((conn, reg))
+        })
+        .await
+        .map_err(|e| SuperviseError::Libvirt(format!("libvirt task: {e}")))??;
+        self.conn = Some(Arc::new(conn));
+        self.reg = Some(reg);
+        tracing::info!(uri = %self.uri, "connected to libvirt; event callbacks registered");
+        Ok(())
+    }
+
+    pub fn connected(&self) -> bool {
+        self.conn.is_some()
+    }
+
+    /// Forgets a connection known to be dead (its callbacks went with it).
+    pub fn mark_dead(&mut self) {
+        self.reg = None;
+        if let Some(c) = self.conn.take() {
+            // Closing a dead connection only frees client memory; do it off the async thread.
+            std::thread::spawn(move || {
+                if let Some(mut c) = Arc::into_inner(c) {
+                    let _ = c.close();
+                }
+            });
+        }
+    }
+
+    pub async fn close(&mut self) {
+        let reg = self.reg.take();
+        if let Some(c) = self.conn.take() {
+            let _ = tokio::task::spawn_blocking(move || {
+                if let Some(r) = reg {
+                    shim::deregister(&c, r);
+                }
+                if let Some(mut c) = Arc::into_inner(c) {
+                    let _ = c.close();
+                }
+            })
+            .await;
+        }
+    }
+
+    /// Runs `f` with the connection on a blocking thread.
+    pub async fn with<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connect) -> Result<T, SuperviseError> + Send + 'static,
+    ) -> Result<T, SuperviseError> {
+        let conn = self
+            .conn
+            .clone()
+            .ok_or_else(|| SuperviseError::Libvirt("not connected to libvirt".into()))?;
+        tokio::task::spawn_blocking(move || f(&conn))
+            .await
+            .map_err(|e| SuperviseError::Libvirt(format!("libvirt task: {e}")))?
+    }
+}
+
+/// Removes any earlier domain of this name (destroying it if it runs), so that define never
+/// meets "already exists" and there is never a second qemu. Returns whether one was found.
+pub fn remove_existing(conn: &Connect, name: &str) -> Result<bool, SuperviseError> {
+    let Ok(dom) = Domain::lookup_by_name(conn, name) else {
+        return Ok(false);
+    };
+    if dom.is_active().unwrap_or(false) {
+        tracing::warn!(
+            domain = name,
+            "destroying a running domain left by an earlier launcher"
+        );
+        dom.destroy()
+            .map_err(|e| verr(&format!("destroying the earlier domain {name}"), e))?;
+    }
+    undefine(&dom, name)?;
+    Ok(true)
+}
+
+fn undefine(dom: &Domain, name: &str) -> Result<(), SuperviseError> {
+    // Keep NVRAM (EFI variables are the VM's state); a domain without NVRAM accepts the flag.
+    match dom.undefine_flags(vsys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM) {
+        Ok(()) => Ok(()),
+        Err(_) => dom
+            .undefine()
+            .map_err(|e| verr(&format!("undefining domain {name}"), e)),
+    }
+}
+
+/// Defines and starts the domain; returns the qemu pid (from libvirt's pid file).
+pub fn define_and_start(
+    conn: &Connect,
+    name: &str,
+    xml: &str,
+    timings: &mut Vec<(&'static str, Duration)>,
+) -> Result<(), SuperviseError> {
+    let t = Instant::now();
+    if remove_existing(conn, name)? {
+        tracing::info!(domain = name, "removed an earlier definition of the domain");
+    }
+    let dom =
+        Domain::define_xml(conn, xml).map_err(|e| verr(&format!("defining domain {name}"), e))?;
+    timings.push(("define", t.elapsed()));
+    let t = Instant::now();
+    dom.create()
+        .map_err(|e| verr(&format!("starting domain {name}"), e))?;
+    timings.push(("create", t.elapsed()));
+    Ok(())
+}
+
+/// Where libvirt's QEMU driver (privileged) keeps the pid file of a running domain.
+pub fn qemu_pid_file(name: &str) -> PathBuf {
+    Path::new("/run/libvirt/qemu").join(format!("{name}.pid"))
+}
+
+/// Reads qemu's pid from libvirt's pid file (written before virDomainCreate returns).
+pub fn read_qemu_pid(name: &str) -> Option<i32> {
+    std::fs::read_to_string(qemu_pid_file(name))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// The end of a supervised run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The guest powered itself off (or rebooted with on_reboot=destroy).
+    GuestPoweroff,
+    /// Stopped on request (signal); `destroyed` when the grace period ran out or SIGQUIT.
+    Stopped { by: String, destroyed: bool },
+    /// qemu ended unexpectedly.
+    Crashed(String),
+    /// libvirt failed for good (daemon crash loop).
+    LibvirtFailed(String),
+}
+
+impl Outcome {
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            Outcome::GuestPoweroff | Outcome::Stopped { .. } => 0,
+            Outcome::Crashed(_) | Outcome::LibvirtFailed(_) => 4,
+        }
+    }
+
+    pub fn message(&self, grace: u64) -> String {
+        match self {
+            Outcome::GuestPoweroff => "the guest powered off".into(),
+            Outcome::Stopped {
+                by,
+                destroyed: false,
+            } => format!("stopped by {by}: the guest shut down"),
+            Outcome::Stopped {
+                by,
+                destroyed: true,
+            } => format!(
+                "stopped by {by}: the guest did not shut down within {grace} s, so it was destroyed"
+            ),
+            Outcome::Crashed(r) => r.clone(),
+            Outcome::LibvirtFailed(r) => format!("libvirt failed: {r}"),
+        }
+    }
+}
+
+/// What a `STOPPED` event's detail means.
+pub fn stopped_detail(detail: i32) -> &'static str {
+    match detail as u32 {
+        vsys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN => "shutdown",
+        vsys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED => "destroyed",
+        vsys::VIR_DOMAIN_EVENT_STOPPED_CRASHED => "crashed",
+        vsys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED => "migrated",
+        vsys::VIR_DOMAIN_EVENT_STOPPED_SAVED => "saved",
+        vsys::VIR_DOMAIN_EVENT_STOPPED_FAILED => "failed",
+        vsys::VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT => "from-snapshot",
+        _ => "unknown",
+    }
+}
+
+pub fn event_name(event: i32) -> &'static str {
+    match event as u32 {
+        vsys::VIR_DOMAIN_EVENT_DEFINED => "defined",
+        vsys::VIR_DOMAIN_EVENT_UNDEFINED => "undefined",
+        vsys::VIR_DOMAIN_EVENT_STARTED => "started",
+        vsys::VIR_DOMAIN_EVENT_SUSPENDED => "suspended",
+        vsys::VIR_DOMAIN_EVENT_RESUMED => "resumed",
+        vsys::VIR_DOMAIN_EVENT_STOPPED => "stopped",
+        vsys::VIR_DOMAIN_EVENT_SHUTDOWN => "shutdown",
+        vsys::VIR_DOMAIN_EVENT_PMSUSPENDED => "pmsuspended",
+        vsys::VIR_DOMAIN_EVENT_CRASHED => "crashed",
+        _ => "unknown",
+    }
+}
+
+/// What was learned about qemu's end, from both witnesses.
+#[derive(Debug, Default, Clone)]
+pub struct EndFacts {
+    /// A stop was requested (`Some(signal name)`), and whether we destroyed.
+    pub requested: Option<String>,
+    pub destroyed_by_us: bool,
+    /// The guest asked to power off (a SHUTDOWN event).
+    pub guest_shutdown: bool,
+    /// The detail of libvirt's STOPPED event, if it came.
+    pub stopped: Option<i32>,
+    /// qemu's pid was seen to exit.
+    pub qemu_exited: bool,
+    /// qemu's exit status, if we reaped it.
+    pub qemu_status: Option<String>,
+    pub qemu_pid: Option<i32>,
+    /// The last lines of qemu's log.
+    pub qemu_log_tail: Option<String>,
+}
+
+/// Classifies the end (pure).
+pub fn classify(f: &EndFacts) -> Outcome {
+    if let Some(by) = &f.requested {
+        return Outcome::Stopped {
+            by: by.clone(),
+            destroyed: f.destroyed_by_us,
+        };
+    }
+    let shutdown = f.stopped == Some(vsys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN as i32);
+    if f.guest_shutdown || shutdown {
+        return Outcome::GuestPoweroff;
+    }
+    let mut reason = match f.qemu_pid {
+        Some(p) => format!("qemu (pid {p}) ended unexpectedly"),
+        None => "qemu ended unexpectedly".to_string(),
+    };
+    if let Some(s) = &f.qemu_status {
+        reason.push_str(&format!(": {s}"));
+    }
+    match f.stopped {
+        Some(d) => reason.push_str(&format!(
+            "; libvirt reports the domain {}",
+            stopped_detail(d)
+        )),
+        None => reason.push_str("; libvirt reported nothing"),
+    }
+    if let Some(t) = &f.qemu_log_tail {
+        reason.push_str(&format!("; qemu log: {t}"));
+    }
+    Outcome::Crashed(reason)
+}
+
+/// The supervisor's inputs.
+pub struct Inputs {
+    pub events: mpsc::UnboundedReceiver<Event>,
+    pub signals: mpsc::UnboundedReceiver<Request>,
+    pub daemon_news: mpsc::UnboundedReceiver<DaemonNews>,
+}
+
+/// Watches the running domain until it ends; returns the classified end.
+pub struct Watch<'a> {
+    pub lv: &'a mut Libvirt,
+    pub name: String,
+    pub qemu_pid: Option<i32>,
+    pub grace: Duration,
+    pub reaper: Arc<Reaper>,
+    pub qemu_log: PathBuf,
+    /// The hypervisor daemon's name (`libvirtd`), when we run it.
+    pub own_daemon: Option<String>,
+}
+
+async fn pid_exit(fd: &Option<PidWatch>) {
+    match fd {
+        Some(fd) => fd.exited().await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
+impl Watch<'_> {
+    pub async fn run(mut self, inputs: &mut Inputs) -> Outcome {
+        let pidfd = self.qemu_pid.and_then(|p| {
+            PidWatch::new(p)
+                .map_err(|e| tracing::warn!(pid = p, error = %e, "cannot watch qemu's pid"))
+                .ok()
+        });
+        let mut facts = EndFacts {
+            qemu_pid: self.qemu_pid,
+            ..Default::default()
+        };
+        let mut deadline: Option<tokio::time::Instant> = None;
+        // Events about an earlier instance of the domain (destroyed while defining) come before
+        // the STARTED event of ours; STOPPED is only believed after STARTED.
+        let mut started = false;
+        let mut stop_pending = false; // a graceful stop still to be sent (libvirt was down)
+        let mut end_seen: Option<tokio::time::Instant> = None;
+        loop {
+            let confirm_at = end_seen.map(|t| t + END_CONFIRM);
+            tokio::select! {
+                ev = inputs.events.recv() => {
+                    let Some(ev) = ev else { continue };
+                    match ev {
+                        Event::Lifecycle { domain, event, detail } if domain == self.name => {
+                            tracing::info!(domain = %domain, event = event_name(event), detail, "domain event");
+                            match event as u32 {
+                                vsys::VIR_DOMAIN_EVENT_STARTED | vsys::VIR_DOMAIN_EVENT_RESUMED => started = true,
+                                vsys::VIR_DOMAIN_EVENT_SHUTDOWN if started => facts.guest_shutdown |= facts.requested.is_none(),
+                                vsys::VIR_DOMAIN_EVENT_STOPPED if started => {
+                                    facts.stopped = Some(detail);
+                                    if facts.qemu_exited || self.qemu_pid.is_none() {
+                                        return self.finish(facts).await;
+                                    }
+                                    end_seen.get_or_insert_with(tokio::time::Instant::now);
+                                }
+                                _ => {}
+                            }
+                        }
+                        Event::Lifecycle { .. } => {}
+                        Event::Reboot { domain } if domain == self.name => {
+                            tracing::info!(domain = %domain, "the guest rebooted (on_reboot: restart); still supervising");
+                        }
+                        Event::Reboot { .. } => {}
+                        Event::ConnectionClosed { reason } => {
+                            tracing::warn!(reason, "the libvirt connection closed");
+                            self.lv.mark_dead();
+                            if self.own_daemon.is_none() {
+                                // An external daemon: try to get back to it.
+                                self.try_reconnect(&mut started).await;
+                            }
+                        }
+                    }
+                }
+                _ = pid_exit(&pidfd), if !facts.qemu_exited => {
+                    facts.qemu_exited = true;
+                    tracing::info!(pid = self.qemu_pid, "qemu exited");
+                    if facts.stopped.is_some() || !self.lv.connected() {
+                        // Give the reaper a moment to collect its status.
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        return self.finish(facts).await;
+                    }
+                    end_seen.get_or_insert_with(tokio::time::Instant::now);
+                }
+                _ = sleep_until_opt(confirm_at) => {
+                    return self.finish(facts).await;
+                }
+                req = inputs.signals.recv() => {
+                    let Some(req) = req else { continue };
+                    let now_req = match req {
+                        Request::StopNow => true,
+                        Request::Stop(_) if facts.requested.is_some() => true,
+                        Request::Stop(_) => false,
+                    };
+                    if facts.requested.is_none() {
+                        facts.requested = Some(match req {
+                            Request::Stop(s) => s.as_str().to_string(),
+                            Request::StopNow => "SIGQUIT".to_string(),
+                        });
+                    }
+                    if now_req {
+                        self.destroy(&mut facts).await;
+                    } else {
+                        deadline = Some(tokio::time::Instant::now() + self.grace);
+                        tracing::info!(grace_s = self.grace.as_secs(), "asking the guest to shut down (ACPI)");
+                        stop_pending = !self.shutdown().await;
+                    }
+                }
+                _ = sleep_until_opt(deadline), if !facts.destroyed_by_us => {
+                    tracing::warn!(grace_s = self.grace.as_secs(), "grace period over; destroying the domain");
+                    self.destroy(&mut facts).await;
+                    deadline = None;
+                }
+                news = inputs.daemon_news.recv() => {
+                    let Some(news) = news else { continue };
+                    match news {
+                        DaemonNews::Died { name, status } => {
+                            tracing::warn!(daemon = %name, %status, "libvirt daemon died; the VM keeps running");
+                            if Some(&name) == self.own_daemon.as_ref() {
+                                self.lv.mark_dead();
+                            }
+                        }
+                        DaemonNews::Ready { name, generation } => {
+                            if Some(&name) == self.own_daemon.as_ref() {
+                                tracing::info!(daemon = %name, generation, "daemon back; reconnecting");
+                                self.try_reconnect(&mut started).await;
+                                if stop_pending && self.lv.connected() {
+                                    stop_pending = !self.shutdown().await;
+                                }
+                            }
+                        }
+                        DaemonNews::GaveUp { name, reason } => {
+                            tracing::error!(daemon = %name, "{reason}");
+                            if Some(&name) == self.own_daemon.as_ref() {
+                                // Without libvirt the VM cannot be managed: end it.
+                                self.kill_qemu();
+                                return Outcome::LibvirtFailed(reason);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn try_reconnect(&mut self, started: &mut bool) {
+        for attempt in 0..50 {
+            match self.lv.reconnect().await {
+                Ok(()) => {
+                    let name = self.name.clone();
+                    let state = self
+                        .lv
+                        .with(move |c| {
+                            let d = Domain::lookup_by_name(c, &name)
+                                .map_err(|e| verr("looking up the domain", e))?;
+                            d.get_state().map_err(|e| verr("domain state", e))
+                        })
+                        .await;
+                    tracing::info!(?state, "domain state after reconnecting");
+                    if matches!(state, Ok((s, _)) if s == vsys::VIR_DOMAIN_RUNNING) {
+                        *started = true;
+                    }
+                    return;
+                }
+                Err(e) => {
+                    if attempt % 10 == 0 {
+                        tracing::warn!(error = %e, "reconnecting to libvirt");
+                    }
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
+
+    /// Sends the ACPI power button; false if libvirt could not be asked.
+    async fn shutdown(&mut self) -> bool {
+        let name = self.name.clone();
+        let r = self
+            .lv
+            .with(move |c| {
+                let d = Domain::lookup_by_name(c, &name)
+                    .map_err(|e| verr(&format!("looking up domain {name}"), e))?;
+                d.shutdown_flags(vsys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+                    .map_err(|e| verr(&format!("shutting down domain {name}"), e))
+            })
+            .await;
+        match r {
+            Ok(_) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, "ACPI shutdown request failed; will destroy at the deadline");
+                false
+            }
+        }
+    }
+
+    async fn destroy(&mut self, facts: &mut EndFacts) {
+        facts.destroyed_by_us = true;
+        let name = self.name.clone();
+        let r = self
+            .lv
+            .with(move |c| {
+                let d = Domain::lookup_by_name(c, &name)
+                    .map_err(|e| verr(&format!("looking up domain {name}"), e))?;
+                d.destroy()
+                    .map_err(|e| verr(&format!("destroying domain {name}"), e))
+            })
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "destroy through libvirt failed; killing qemu directly");
+            self.kill_qemu();
+        }
+    }
+
+    fn kill_qemu(&self) {
+        if let Some(p) = self.qemu_pid {
+            if super::signals::alive(p) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(p),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+
+    async fn finish(self, mut facts: EndFacts) -> Outcome {
+        if let Some(p) = self.qemu_pid {
+            // The reaper may hold qemu's status if it was reparented to us.
+            for _ in 0..5 {
+                self.reaper.scan();
+                if let Some(s) = self.reaper.status_of(p) {
+                    facts.qemu_status = Some(s);
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        facts.qemu_log_tail = log_tail(&self.qemu_log);
+        let outcome = classify(&facts);
+        tracing::info!(?facts, ?outcome, "the domain ended");
+        outcome
+    }
+}
+
+async fn sleep_until_opt(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// The last meaningful line of qemu's log (libvirt's per-domain log file).
+pub fn log_tail(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    text.lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .map(|l| l.chars().take(300).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_poweroff_is_success() {
+        let f = EndFacts {
+            guest_shutdown: true,
+            stopped: Some(vsys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN as i32),
+            qemu_exited: true,
+            ..Default::default()
+        };
+        assert_eq!(classify(&f), Outcome::GuestPoweroff);
+        assert_eq!(classify(&f).exit_code(), 0);
+    }
+
+    #[test]
+    fn a_killed_qemu_is_a_crash_with_the_reason() {
+        let f = EndFacts {
+            stopped: Some(vsys::VIR_DOMAIN_EVENT_STOPPED_FAILED as i32),
+            qemu_exited: true,
+            qemu_pid: Some(99),
+            qemu_status: Some("killed by SIGKILL".into()),
+            ..Default::default()
+        };
+        let o = classify(&f);
+        assert_eq!(o.exit_code(), 4);
+        let m = o.message(30);
+        assert!(m.contains("pid 99"), "{m}");
+        assert!(m.contains("SIGKILL"), "{m}");
+        assert!(m.contains("failed"), "{m}");
+    }
+
+    #[test]
+    fn qemu_gone_without_libvirt_is_a_crash() {
+        let f = EndFacts {
+            qemu_exited: true,
+            ..Default::default()
+        };
+        assert_eq!(classify(&f).exit_code(), 4);
+    }
+
+    #[test]
+    fn a_requested_stop_is_success_even_when_destroyed() {
+        let f = EndFacts {
+            requested: Some("SIGTERM".into()),
+            destroyed_by_us: true,
+            stopped: Some(vsys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED as i32),
+            ..Default::default()
+        };
+        let o = classify(&f);
+        assert_eq!(o.exit_code(), 0);
+        assert!(o.message(10).contains("within 10 s"));
+    }
+}
