@@ -14,7 +14,6 @@ pub mod binding;
 pub mod discover;
 pub mod nat;
 pub mod plan;
-pub mod nat;
 pub mod state;
 
 use std::fmt;
