@@ -1066,6 +1066,7 @@ fn failing_nft_exits_3_with_its_text_and_rolls_back() {
     let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
     let o = pod.run(&vmi, &["setup"], &[("PATH", path)]);
     let err = String::from_utf8_lossy(&o.stderr);
+    eprintln!("setup with a refusing nft:\n{err}");
     assert_eq!(o.status.code(), Some(3), "{err}");
     assert!(
         err.contains("simulated refusal"),

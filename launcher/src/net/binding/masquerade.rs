@@ -409,15 +409,21 @@ fn nat_to_net(e: NatError) -> NetError {
             operation,
             detail: source.to_string(),
         },
-        e @ NatError::NftFailed { .. } => {
-            let NatError::NftFailed { operation, .. } = &e else {
-                unreachable!()
-            };
-            NetError::Nft {
-                operation: operation.clone(),
-                detail: e.to_string(),
-            }
-        }
+        NatError::NftFailed {
+            program,
+            operation,
+            status,
+            stderr,
+            first_rejected,
+        } => NetError::Nft {
+            operation,
+            detail: format!(
+                "{program:?} ({status}): {stderr}{}",
+                first_rejected
+                    .map(|c| format!("\nfirst rejected command: {c}"))
+                    .unwrap_or_default()
+            ),
+        },
         e @ NatError::Encode(_) => NetError::Other(e.to_string()),
     }
 }
