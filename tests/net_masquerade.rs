@@ -810,6 +810,12 @@ fn flannel_pod_masquerade_end_to_end_and_exact_restore() {
     end_to_end(Style::Flannel);
 }
 
+/// A Calico-like pod (`/32`, on-link gateway 169.254.1.1): the guest's subnet is unaffected.
+#[test]
+fn calico_pod_masquerade_end_to_end_and_exact_restore() {
+    end_to_end(Style::Calico);
+}
+
 #[test]
 fn dual_stack_pod_masquerade_end_to_end_and_exact_restore() {
     end_to_end(Style::Dual);
