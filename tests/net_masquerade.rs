@@ -1083,3 +1083,165 @@ fn failing_nft_exits_3_with_its_text_and_rolls_back() {
     let after = pod.sb.snapshot();
     assert!(before == after, "{}", diff(&before, &after));
 }
+
+// ------------------------------------------------------------------------------------------
+// With the real tiny guest: `launcher run` (TCG) with a masquerade interface.
+
+fn tail(p: &Path) -> String {
+    let t = std::fs::read_to_string(p).unwrap_or_default();
+    let lines: Vec<&str> = t.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// `launcher run` boots the tiny guest (scripts/build-test-guest.sh) on a masquerade NIC: the
+/// guest gets 10.0.2.2/24 and router 10.0.2.1 from our DHCPv4 server, pings the node, and its
+/// listener on a listed port answers the node (to the pod IP) and the pod (to 127.0.0.1).
+/// SIGTERM powers it off and the pod is restored exactly.
+#[test]
+fn tcg_guest_on_masquerade_gets_dhcp_pings_the_node_and_is_reachable_on_listed_ports() {
+    let pod = Pod::new(Style::Flannel);
+    let info = pod.sb.info().clone();
+    let before = pod.sb.snapshot();
+    let kb = pod.path("cdd/kernel-boot");
+    std::fs::create_dir_all(&kb).unwrap();
+    let g = support::test_guest();
+    std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
+    std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
+    let uid = "6a1c0de5-0000-4000-8000-0000000a5c01";
+    let vmi = pod.vmi(&format!(
+        r#"apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {{name: masq-e2e, namespace: default, uid: {uid}}}
+spec:
+  terminationGracePeriodSeconds: 10
+  domain:
+    cpu: {{cores: 1}}
+    memory: {{guest: 256Mi}}
+    firmware:
+      kernelBoot:
+        kernelArgs: "console=ttyS0 quiet panic=-1 guest.ping={node} guest.listen={LISTED}"
+        container:
+          image: registry.example/test-guest:latest
+          kernelPath: /boot/vmlinuz
+          initrdPath: /boot/initrd.img
+    devices:
+      autoattachGraphicsDevice: false
+      interfaces:
+        - name: default
+          masquerade: {{}}
+          ports: [{{port: {LISTED}}}]
+  networks:
+    - name: default
+      pod: {{}}
+"#,
+        node = info.node_ip
+    ));
+    let run_dir = pod.path("run");
+    let log_path = pod.path("launcher.log");
+    let term = pod.path("termination-log");
+    let cdd = pod.path("cdd");
+    let bin = env!("CARGO_BIN_EXE_launcher");
+    let args = [
+        bin,
+        "run",
+        "--vmi",
+        &vmi,
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "--container-disk-dir",
+        cdd.to_str().unwrap(),
+        "--accel",
+        "tcg",
+        "--termination-log",
+        term.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ];
+    let mut child = pod
+        .sb
+        .exec_cmd(&args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .expect("spawning launcher run");
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            if self.0.try_wait().ok().flatten().is_none() {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+    }
+    let guard = Kill(&mut child);
+    let serial = run_dir.join(uid).join("virt-serial0-log");
+    let (found, text) =
+        support::wait_for_text(&serial, "GUEST-READY", support::guest_boot_timeout());
+    assert!(
+        found,
+        "GUEST-READY not on the serial console.\nserial:\n{text}\nlauncher log:\n{}",
+        tail(&log_path)
+    );
+    let dhcp = support::marker_lines(&text, "GUEST-DHCP");
+    assert_eq!(dhcp.len(), 1, "one DHCP line expected:\n{text}");
+    let d = &dhcp[0];
+    assert!(d.contains("ip=10.0.2.2 "), "{d}");
+    assert!(d.contains("mask=24 "), "{d}");
+    assert!(d.contains("router=10.0.2.1 "), "{d}");
+    assert!(d.contains("dns=10.96.0.10"), "{d}");
+    assert!(d.contains(&format!("mtu={}", info.mtu)), "{d}");
+    assert!(
+        text.contains(&format!("GUEST-PING ip={} ok", info.node_ip)),
+        "the guest must ping the node:\n{text}"
+    );
+    assert!(
+        text.contains(&format!("GUEST-LISTEN port={LISTED}")),
+        "{text}"
+    );
+    // Node → pod IP:listed port reaches the guest's listener; an unlisted port does not.
+    let (ok, out) = nc_send(node_nc(&pod, &info.pod_ip, LISTED), "hi");
+    assert!(
+        ok && out.contains("HELLO-FROM-GUEST"),
+        "node → pod IP:{LISTED}: {out}"
+    );
+    let (ok, out) = nc_send(node_nc(&pod, &info.pod_ip, UNLISTED), "hi");
+    assert!(!ok && !out.contains("HELLO-FROM-GUEST"), "unlisted: {out}");
+    // 127.0.0.1:listed port inside the pod reaches the guest.
+    let (ok, out) = nc_send(pod_nc(&pod, "127.0.0.1", LISTED), "hi");
+    assert!(
+        ok && out.contains("HELLO-FROM-GUEST"),
+        "pod → 127.0.0.1:{LISTED}: {out}"
+    );
+
+    // SIGTERM: ACPI power-off, teardown, exit 0, the pod as before.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(guard.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let st = loop {
+        if let Some(st) = guard.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "launcher did not exit after SIGTERM; log:\n{}",
+            tail(&log_path)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "exit after SIGTERM; termination log: {}\nlauncher log:\n{}",
+        std::fs::read_to_string(&term).unwrap_or_default(),
+        tail(&log_path)
+    );
+    drop(guard);
+    // Processes (libvirtd, qemu) need a moment to be gone before the snapshot is comparable.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = pod.sb.snapshot();
+    assert!(before == after, "{}", diff(&before, &after));
+}
