@@ -254,6 +254,7 @@ async fn run_step(h: &Handle, step: &Step, originals: &BTreeSet<u32>) -> Result<
             }
             Ok(())
         }
+        Step::MasqueradeNat { config } => super::binding::masquerade::apply_nat(config),
         Step::FlushRoutes { link } => {
             let l = resolve(h, link).await?;
             for r in routes_of(h, l.index).await? {
@@ -305,6 +306,7 @@ enum Undo {
     RestorePod {
         index: u32,
     },
+    DeleteMasqueradeNat,
 }
 
 fn undo_of(step: &Step) -> Option<Undo> {
@@ -328,6 +330,7 @@ fn undo_of(step: &Step) -> Option<Undo> {
             tap_queues: Some(*queues),
         }),
         Step::SetSysctl { path, .. } => Some(Undo::RestoreSysctl { path: path.clone() }),
+        Step::MasqueradeNat { .. } => Some(Undo::DeleteMasqueradeNat),
         Step::LinkDown { link }
         | Step::LinkUp { link }
         | Step::Rename { link, .. }
@@ -381,6 +384,11 @@ pub async fn undo(h: &Handle, st: &RecordedState) -> Vec<NetError> {
                     if let Err(e) = write_sysctl(&path, v) {
                         errors.push(e);
                     }
+                }
+            }
+            Undo::DeleteMasqueradeNat => {
+                if let Err(e) = super::binding::masquerade::teardown_nat() {
+                    errors.push(e);
                 }
             }
             Undo::RestorePod { index } => match st.pod.interfaces.iter().find(|i| i.index == index)

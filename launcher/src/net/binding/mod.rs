@@ -3,6 +3,7 @@
 //! undoes the steps. Adding a binding = adding `<name>.rs` and one arm in [`plan_interface`].
 
 pub mod bridge;
+pub mod masquerade;
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -15,6 +16,8 @@ use crate::spec::{BindingKind, Interface, Network};
 /// Everything a binding needs to plan one interface.
 #[derive(Debug, Clone)]
 pub struct IfaceCtx<'a> {
+    /// The whole VMI (metadata: annotations, uid, name).
+    pub vmi: &'a crate::spec::Vmi,
     /// The interface's position in `spec.domain.devices.interfaces`.
     pub position: usize,
     /// Its JSON path, for errors.
@@ -43,6 +46,7 @@ pub struct BindingPlan {
 pub fn plan_interface(kind: &BindingKind, ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
     match kind {
         BindingKind::Bridge => bridge::plan(ctx),
+        BindingKind::Masquerade => masquerade::plan(ctx),
         other => Err(NetError::UnsupportedBinding {
             path: ctx.path.clone(),
             binding: match other {
