@@ -202,8 +202,12 @@ enter_container() {
   mount --make-rprivate /
   mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$work/upper,workdir=$work/work" "$m"
   install -m 0755 "$REPO/target/release/launcher" "$m$COPY_DST"
+  # /proc and /sys as a container runtime mounts them for an unprivileged container: sysfs
+  # read-only, /proc/sys read-only (sysctls cannot be written from inside a pod).
   mount -t proc proc "$m/proc"
-  mount -t sysfs sysfs "$m/sys"
+  mount --bind "$m/proc/sys" "$m/proc/sys"
+  mount -o remount,bind,ro "$m/proc/sys"
+  mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$m/sys"
   # /dev as a container runtime makes it: a tmpfs with the standard nodes, a private devpts, and
   # the device plugin's devices (/dev/kvm, /dev/net/tun) when the machine has them.
   mount -t tmpfs -o mode=0755,nosuid tmpfs "$m/dev"
@@ -225,7 +229,9 @@ enter_container() {
   : >"$m/dev/termination-log"
   mount -t tmpfs -o mode=0755 tmpfs "$m/run"
   mount -t tmpfs -o mode=1777 tmpfs "$m/tmp"
-  mkdir -p "$m/run/lock" "$m/var/run/kubevirt-private" "$m/var/run/kubevirt/container-disks" "$m/var/run/libvirt"
+  # (Through $m/run, never $m/var/run: /var/run is an absolute symlink to /run, which outside the
+  # chroot would be this machine's /run.)
+  mkdir -p "$m/run/lock" "$m/run/kubevirt-private" "$m/run/kubevirt/container-disks" "$m/run/libvirt"
 }
 
 # Kills (TERM, then KILL) every process whose root directory is $1: the daemons and qemu this
@@ -322,7 +328,8 @@ inner_prove() {
   check "nft runs (lists this namespace's ruleset)" in_ct nft list ruleset
   check "passt runs" bash -c "chroot '$CT' passt --version 2>&1 | grep -qi passt"
   check "OVMF firmware present" test -s "$CT/usr/share/OVMF/OVMF_CODE.fd"
-  check "swtpm and swtpm_setup run (TPM emulator)" bash -c "chroot '$CT' swtpm --version && chroot '$CT' swtpm_setup --version"
+  check "swtpm and swtpm_setup run (TPM emulator)" bash -c \
+    "chroot '$CT' swtpm --version | grep -q 'TPM emulator version' && chroot '$CT' swtpm_setup --version 2>&1 | grep -q 'setup tool version'"
 
   # libvirt as the launcher runs it: root daemons, unix sockets only, the settings NOTES.md found.
   cat >"$CT/etc/libvirt/qemu.conf" <<'EOF'
@@ -515,7 +522,7 @@ inner_pod() {
     mount --bind "/etc/$f" "$CT/etc/$f"
   done
   # The container disk volume with the kernel-boot artifacts, and the VMI from the "ConfigMap".
-  local kb=$CT/var/run/kubevirt/container-disks/kernel-boot
+  local kb=$CT/run/kubevirt/container-disks/kernel-boot # /var/run/... inside the container
   mkdir -p "$kb" "$CT/etc/launcher"
   cp "$guest/vmlinuz" "$kb/vmlinuz"
   cp "$guest/initrd.img" "$kb/initrd.img"
@@ -567,11 +574,13 @@ VMI
     check "launcher run is implemented in this binary (WAITING ON branch run)" false
     return 1
   fi
-  wait_for 60 jq -e '.serial_log' "$status" || true
+  # Until status.json names the serial log, or the launcher has exited.
+  wait_for 90 bash -c "jq -e '.serial_log' '$status' || ! kill -0 $lpid" || true
   serial=$(jq -r '.serial_log // empty' "$status" 2>/dev/null || true)
   check "status.json names the serial log" test -n "$serial"
-  check "the guest gets the pod's IP ($pod_ip) as its DHCP lease (TCG)" \
-    wait_for 120 grep -q "GUEST-DHCP iface=eth0 ip=$pod_ip " "$CT$serial"
+  # Up to 180 s (TCG on a loaded 2-core machine), or until the launcher exits.
+  check "the guest gets the pod's IP ($pod_ip) as its DHCP lease (TCG)" bash -c \
+    "for i in \$(seq 900); do grep -q 'GUEST-DHCP iface=eth0 ip=$pod_ip ' '$CT$serial' && exit 0; kill -0 $lpid || exit 1; sleep 0.2; done; exit 1"
   log "lease $((SECONDS - t0)) s after start: $(grep -ao 'GUEST-DHCP iface=eth0 [^ ]* [^ ]* [^ ]*' "$CT$serial" 2>/dev/null | head -n1)"
   check "HEALTHCHECK (${HEALTHCHECK[*]}) passes while the VM runs" \
     in_ct setpriv --bounding-set="$bounding" --inh-caps=-all -- "${HEALTHCHECK[@]}"
