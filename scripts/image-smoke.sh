@@ -205,8 +205,12 @@ enter_container() {
   # /proc and /sys as a container runtime mounts them for an unprivileged container: sysfs
   # read-only, /proc/sys read-only (sysctls cannot be written from inside a pod).
   mount -t proc proc "$m/proc"
-  mount --bind "$m/proc/sys" "$m/proc/sys"
-  mount -o remount,bind,ro "$m/proc/sys"
+  if [[ ${IMAGE_SMOKE_PROC_SYS:-ro} == ro ]]; then
+    mount --bind "$m/proc/sys" "$m/proc/sys"
+    mount -o remount,bind,ro "$m/proc/sys"
+  else
+    log "WARNING: IMAGE_SMOKE_PROC_SYS=$IMAGE_SMOKE_PROC_SYS: /proc/sys is writable, unlike in a pod"
+  fi
   mount -t sysfs -o ro,nosuid,nodev,noexec sysfs "$m/sys"
   # /dev as a container runtime makes it: a tmpfs with the standard nodes, a private devpts, and
   # the device plugin's devices (/dev/kvm, /dev/net/tun) when the machine has them.
@@ -577,6 +581,7 @@ VMI
   # Until status.json names the serial log, or the launcher has exited.
   wait_for 90 bash -c "jq -e '.serial_log' '$status' || ! kill -0 $lpid" || true
   serial=$(jq -r '.serial_log // empty' "$status" 2>/dev/null || true)
+  serial=${serial/#\/var\/run\//\/run\/} # read it through $CT/run (/var/run is a symlink)
   check "status.json names the serial log" test -n "$serial"
   # Up to 180 s (TCG on a loaded 2-core machine), or until the launcher exits.
   check "the guest gets the pod's IP ($pod_ip) as its DHCP lease (TCG)" bash -c \

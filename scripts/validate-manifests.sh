@@ -47,7 +47,7 @@ passed = failed = 0
 
 # Capabilities by reason (docs/packaging.md, "What the pod needs and why"): the pod must add
 # exactly the union of the reasons that apply, after dropping ALL.
-NET_CAPS = {"NET_ADMIN", "NET_RAW"}                                  # tap-based bindings
+NET_CAPS = {"NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"}              # tap-based bindings + DHCP on :67
 ROOT_LIBVIRT_CAPS = {"SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE"}  # libvirtd as root starts qemu
 RT_CAPS = {"SYS_NICE"}                                               # realtime / dedicated CPUs
 ALLOWED_CAPS = NET_CAPS | ROOT_LIBVIRT_CAPS | RT_CAPS
@@ -224,6 +224,7 @@ MUTATIONS_BY_KIND = {
     "tap": [
         ("no NET_RAW for a tap-based binding", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("NET_RAW")),
         ("no tun device for a tap-based binding", lambda ds: compute(ds)["resources"]["limits"].pop("devices.kubevirt.io/tun")),
+        ("no NET_BIND_SERVICE for the DHCP server", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("NET_BIND_SERVICE")),
         ("no SETPCAP for libvirtd as root", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("SETPCAP")),
         ("a tap-based binding as non-root", lambda ds: compute(ds)["securityContext"].update(runAsUser=107, runAsNonRoot=True)),
     ],
