@@ -60,7 +60,12 @@ pub fn cmd_run(g: &GlobalArgs, a: &RunArgs) -> anyhow::Result<u8> {
         .max_blocking_threads(4)
         .thread_stack_size(512 * 1024)
         .build()?;
-    rt.block_on(run(g, a, t0))
+    let result = rt.block_on(run(g, a, t0));
+    if let Err(e) = &result {
+        // Failures before supervision (invalid spec, missing file) also tell the pod why.
+        write_termination(&a.termination_log, &format!("{e:#}"));
+    }
+    result
 }
 
 /// Everything acquired so far, so that any failure undoes exactly what was done.
