@@ -21,6 +21,9 @@
 # Usage: scripts/image-smoke.sh [--rootfs-only] [--size]
 #   --rootfs-only  steps 1 and 2 only (step 3 needs `launcher run` and scripts/sandbox.sh)
 #   --size         also print the gzip-compressed size of the root filesystem (slow: ~30 s)
+# Environment: IMAGE_SMOKE_CACHE (default .cache), IMAGE_SMOKE_BIN (default target/release/launcher,
+# built when stale; e.g. target/debug/launcher to skip the release build), IMAGE_SMOKE_PROC_SYS=rw
+# (leave /proc/sys writable, unlike a pod; says so).
 # Needs root and debootstrap (scripts/setup.sh installs it). Prints "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -201,7 +204,7 @@ enter_container() {
   mkdir -p "$work/upper" "$work/work" "$m"
   mount --make-rprivate /
   mount -t overlay overlay -o "lowerdir=$rootfs,upperdir=$work/upper,workdir=$work/work" "$m"
-  install -m 0755 "$REPO/target/release/launcher" "$m$COPY_DST"
+  install -m 0755 "$IMAGE_SMOKE_BIN" "$m$COPY_DST"
   # /proc and /sys as a container runtime mounts them for an unprivileged container: sysfs
   # read-only, /proc/sys read-only (sysctls cannot be written from inside a pod).
   mount -t proc proc "$m/proc"
@@ -458,10 +461,14 @@ main() {
     log "gzip -6 of the root filesystem (≈ the image's pull size): $(tar -C "$rootfs" -c . 2>/dev/null | gzip -6 | wc -c | numfmt --to=iec)"
   fi
 
-  if [[ ! -x target/release/launcher ]] || [[ -n $(find launcher/src launcher/Cargo.toml Cargo.lock -newer target/release/launcher -print -quit) ]]; then
+  if [[ -n ${IMAGE_SMOKE_BIN:-} ]]; then
+    [[ -x $IMAGE_SMOKE_BIN ]] || die "IMAGE_SMOKE_BIN=$IMAGE_SMOKE_BIN is not an executable"
+    log "using IMAGE_SMOKE_BIN=$IMAGE_SMOKE_BIN instead of the release build"
+  elif [[ ! -x target/release/launcher ]] || [[ -n $(find launcher/src launcher/Cargo.toml Cargo.lock domxml-templates -newer target/release/launcher -print -quit 2>/dev/null) ]]; then
     log "cargo build --release --locked (the build stage's binary)"
     cargo build --release --locked -p launcher --bin launcher
   fi
+  export IMAGE_SMOKE_BIN=${IMAGE_SMOKE_BIN:-$REPO/target/release/launcher}
 
   local work
   work=$(mktemp -d /tmp/image-smoke.XXXXXX)
