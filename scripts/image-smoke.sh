@@ -463,6 +463,7 @@ main() {
 
   if [[ -n ${IMAGE_SMOKE_BIN:-} ]]; then
     [[ -x $IMAGE_SMOKE_BIN ]] || die "IMAGE_SMOKE_BIN=$IMAGE_SMOKE_BIN is not an executable"
+    IMAGE_SMOKE_BIN=$(realpath "$IMAGE_SMOKE_BIN")
     log "using IMAGE_SMOKE_BIN=$IMAGE_SMOKE_BIN instead of the release build"
   elif [[ ! -x target/release/launcher ]] || [[ -n $(find launcher/src launcher/Cargo.toml Cargo.lock domxml-templates -newer target/release/launcher -print -quit 2>/dev/null) ]]; then
     log "cargo build --release --locked (the build stage's binary)"
