@@ -10,7 +10,7 @@
 # The kernel is Debian's, unpacked to its ELF form (booted through the PVH entry: much faster
 # under TCG); the file keeps the name "vmlinuz".
 #
-# Kernel command line: "console=ttyS0 quiet panic=-1 no_timer_check" plus the options below
+# Kernel command line: "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests" plus the options below
 # (no_timer_check: under TCG on a loaded host the kernel's IO-APIC timer check fails and panics):
 #   guest.ping=IP[,IP...]   after DHCP (and IPv6 setup), `ping -c 3 -W 2` each: GUEST-PING ip=IP ok|fail
 #   guest.listen=PORT       TCP listener answering every connection with "HELLO-FROM-GUEST\n":
@@ -286,6 +286,12 @@ done
 
 if [ -n "$LISTEN" ]; then
   nc -ll -p "$LISTEN" -e /bin/hello &
+  # Report only once the socket listens, so a peer acting on the marker is not refused.
+  i=0
+  while [ $i -lt 50 ] && ! netstat -ltn 2>/dev/null | grep -q ":$LISTEN "; do
+    i=$((i + 1))
+    sleep 0.1
+  done
   echo "GUEST-LISTEN port=$LISTEN"
 fi
 

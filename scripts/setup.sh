@@ -22,8 +22,7 @@ BACKPORTS_PKGS=(
 MAIN_PKGS=(
   libxml2-utils qemu-utils xorriso ovmf passt nftables dnsmasq-base kea-admin
   isc-dhcp-client busybox-static linux-image-amd64 iproute2 procps cpio kmod
-  util-linux pkg-config iperf3 time jq
-  kea-dhcp4-server g++
+  util-linux pkg-config iperf3 time jq kea-dhcp4-server g++ debootstrap
 )
 MAIN_PKGS+=(swtpm swtpm-tools) # domain: libvirt refuses <tpm> (emulator) without swtpm
 
@@ -38,10 +37,9 @@ enable_backports() {
     awk -v RS= -v ORS='\n\n' '/Suites:[^\n]*bookworm( |\n|$)/ && !done { print; done=1 }' "$src" \
       | sed -E 's/^Suites:.*/Suites: bookworm-backports/' >"$target.tmp"
   elif [[ -f /etc/apt/sources.list ]]; then
+    target=/etc/apt/sources.list.d/launcher-backports.list
     grep -E '^deb .* bookworm( |$)' /etc/apt/sources.list | head -n1 \
       | sed -E 's/ bookworm( |$)/ bookworm-backports\1/' >"$target.tmp"
-    target=${target%.sources}.list
-    mv "$(dirname "$target")/launcher-backports.sources.tmp" "$target.tmp"
   else
     echo "no Debian source entry found to derive bookworm-backports from" >&2
     exit 3

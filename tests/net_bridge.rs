@@ -1110,3 +1110,140 @@ fn missing_pod_interface_exits_3_and_changes_nothing() {
     assert!(!Path::new(&sb.path("run/network-state.json")).exists());
     assert!(before == sb.snapshot(), "{}", diff(&before, &sb.snapshot()));
 }
+
+/// A failure part-way (here: an unknown tap owner, at the tap step near the end) rolls back
+/// everything done so far, names the object, exits 3, and leaves no state file.
+#[test]
+fn failure_part_way_rolls_back() {
+    let sb = Sandbox::create("flannel");
+    let before = sb.snapshot();
+    let vmi = sb.vmi(POD_BRIDGE);
+    let o = sb
+        .launcher(&vmi, &["setup", "--tap-owner", "no-such-user-x"], &[])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("no-such-user-x") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert!(!sb.path("run/network-state.json").exists());
+    let after = sb.snapshot();
+    assert!(before == after, "{}", diff(&before, &after));
+}
+
+/// Dual stack: the stand-in keeps both addresses; teardown restores v4 and v6 exactly.
+#[test]
+fn dual_stack_pod_setup_and_teardown() {
+    let sb = Sandbox::create("dual");
+    let before = sb.snapshot();
+    let vmi = sb.vmi(POD_BRIDGE);
+    let o = sb.launcher(&vmi, &["setup"], &[]).output().unwrap();
+    assert_ok(&o, "network setup");
+    let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let ips = result["interfaces"][0]["guest_ips"].to_string();
+    assert!(
+        ips.contains("10.244.1.5") && ips.contains("fd00:10:244:1::5"),
+        "{ips}"
+    );
+    let o = sb.exec(&sb.name, &["ip", "-br", "addr", "show", "dev", "eth0"]);
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        shown.contains("10.244.1.5/24") && shown.contains("fd00:10:244:1::5/64"),
+        "stand-in eth0: {shown}"
+    );
+    let o = sb.exec(&sb.name, &["ip", "-br", "addr", "show", "dev", "eth0-nic"]);
+    let shown = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        !shown.contains("10.244.1.5") && !shown.contains("fd00:"),
+        "{shown}"
+    );
+    let o = sb.launcher(&vmi, &["teardown"], &[]).output().unwrap();
+    assert_ok(&o, "network teardown");
+    let after = sb.snapshot();
+    assert!(before == after, "{}", diff(&before, &after));
+}
+
+/// Multus secondary networks: `net1` with an IP gets its own bridge, tap and DHCP server;
+/// `net2` without an IP is L2 only (no server answers). SIGTERM restores everything.
+#[test]
+fn secondary_networks_with_and_without_ip() {
+    let sb = Sandbox::create("flannel");
+    sh_ok(&[
+        "add-secondary",
+        &sb.name,
+        "--ifname",
+        "net1",
+        "--style",
+        "flannel",
+    ]);
+    sh_ok(&[
+        "add-secondary",
+        &sb.name,
+        "--ifname",
+        "net2",
+        "--style",
+        "l2",
+        "--subnet",
+        "10.245.2.0/24",
+    ]);
+    let before = sb.snapshot();
+    let vmi = sb.vmi(SECONDARY);
+    let served = Served::start(&sb, &vmi);
+    let blue = &served.result["interfaces"][1];
+    assert_eq!(blue["tap"], "tap1");
+    assert_eq!(blue["dhcp"]["server_ip"], "169.254.75.11");
+    let red = &served.result["interfaces"][2];
+    assert!(red["dhcp"].is_null(), "{red}");
+    let blue_mac = blue["mac"].as_str().unwrap().to_string();
+    let red_mac = red["mac"].as_str().unwrap().to_string();
+    let g1 = sh_ok(&[
+        "add-guest",
+        &sb.name,
+        "--bridge",
+        "k6t-net1",
+        "--mac",
+        &blue_mac,
+    ])
+    .trim()
+    .to_string();
+    let (ok, env) = udhcpc(&sb, "exec", &g1, "eth0", "blue", 5);
+    assert!(ok, "no lease on net1: {env:?}");
+    assert_eq!(env.get("ip").map(String::as_str), Some("10.245.1.5"));
+    assert_eq!(
+        env.get("router"),
+        None,
+        "net1 has no default route: {env:?}"
+    );
+    let g2 = sh_ok(&[
+        "add-guest",
+        &sb.name,
+        "--bridge",
+        "k6t-net2",
+        "--mac",
+        &red_mac,
+    ])
+    .trim()
+    .to_string();
+    let (ok, env) = udhcpc(&sb, "exec", &g2, "eth0", "red", 2);
+    assert!(!ok, "L2-only net2 must have no DHCP server: {env:?}");
+    // L2 works: the guest on net2 reaches node2's address with a static IP.
+    let o = sb.exec(
+        &g2,
+        &[
+            "sh",
+            "-ec",
+            "ip addr add 10.245.2.50/24 dev eth0; busybox ping -c 2 -W 3 10.245.2.1",
+        ],
+    );
+    assert_ok(&o, "L2 ping on net2");
+    for port in ["sbg1", "sbg2"] {
+        let _ = Command::new("ip")
+            .args(["-n", &sb.name, "link", "del", port])
+            .status();
+    }
+    assert_eq!(served.terminate(), 0);
+    let after = sb.snapshot();
+    assert!(before == after, "{}", diff(&before, &after));
+}

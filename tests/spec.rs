@@ -81,8 +81,7 @@ fn yaml_files(dir: &Path) -> Vec<PathBuf> {
 ///   only the KubeVirt API server can expand;
 /// - vmi-dra-pgpu: a DRA resource claim and the GPU that uses it;
 /// - vmi-gpu: a GPU (device plugin);
-/// - vmi-usb: a USB host device;
-/// - vmi-with-sidecar-hook: a hook sidecar, whose domain changes would be silently lost.
+/// - vmi-usb: a USB host device.
 const REFUSED_EXAMPLES: &[(&str, &[&str])] = &[
     (
         "vm-windows-clarge-windows.yaml",
@@ -94,11 +93,14 @@ const REFUSED_EXAMPLES: &[(&str, &[&str])] = &[
     ),
     ("vmi-gpu.yaml", &["spec.domain.devices.gpus[0]"]),
     ("vmi-usb.yaml", &["spec.domain.devices.hostDevices[0]"]),
-    (
-        "vmi-with-sidecar-hook.yaml",
-        &["metadata.annotations[\"hooks.kubevirt.io/hookSidecars\"]"],
-    ),
 ];
+
+/// Accepted with a warning about what the launcher ignores; refused with `--strict`:
+/// - vmi-with-sidecar-hook: the hook sidecar is not run.
+const WARNED_EXAMPLES: &[(&str, &str)] = &[(
+    "vmi-with-sidecar-hook.yaml",
+    "metadata.annotations[\"hooks.kubevirt.io/hookSidecars\"]",
+)];
 
 /// The examples this launcher accepts (every other file must be listed in one of the lists, so
 /// a new example is looked at by hand before it counts).
@@ -135,6 +137,7 @@ fn every_kubevirt_example_is_accepted_or_refused_precisely() {
     for file in &files {
         let name = file.file_name().unwrap().to_str().unwrap();
         let path = file.to_str().unwrap();
+        let file_path = path;
         if let Some((_, expected)) = REFUSED_EXAMPLES.iter().find(|(n, _)| *n == name) {
             let out = validate(&["--vmi", path]);
             let expected: BTreeSet<String> = expected.iter().map(|s| s.to_string()).collect();
@@ -148,6 +151,23 @@ fn every_kubevirt_example_is_accepted_or_refused_precisely() {
             }
             if !human_stderr(&out).contains("is not supported by this launcher") {
                 failures.push(format!("{name}: the refusal does not say why"));
+            }
+        } else if let Some((_, path)) = WARNED_EXAMPLES.iter().find(|(n, _)| *n == name) {
+            let out = validate(&["--vmi", file_path]);
+            let err = human_stderr(&out);
+            if out.status.code() != Some(0) || !err.contains(&format!("warning: {path}: ")) {
+                failures.push(format!(
+                    "{name}: expected exit 0 with a warning about {path}, got {:?}\n{err}",
+                    out.status.code()
+                ));
+            }
+            let strict = validate(&["--strict", "--vmi", file_path]);
+            let found = problem_paths(&strict);
+            if strict.status.code() != Some(2) || found != BTreeSet::from([path.to_string()]) {
+                failures.push(format!(
+                    "{name}: with --strict expected exit 2 naming {path}, got {:?} naming {found:?}",
+                    strict.status.code()
+                ));
             }
         } else if ACCEPTED_EXAMPLES.contains(&name) {
             // --strict: the examples use no field this launcher does not know.

@@ -132,6 +132,7 @@ fn classify_one(e: &(dyn std::error::Error + 'static)) -> Option<ExitKind> {
         Classified,
         crate::spec::SpecError,
         crate::net::NetError,
+        crate::net::nat::NatError,
         crate::dhcp::DhcpError,
         crate::domain::DomainError,
         crate::supervise::SuperviseError,

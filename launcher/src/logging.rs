@@ -8,7 +8,8 @@ use tracing_subscriber::{fmt, EnvFilter};
 
 use crate::cli::LogFormat;
 
-pub fn init(format: Option<LogFormat>, verbose: u8) {
+/// Sets up the global subscriber and returns the format chosen.
+pub fn init(format: Option<LogFormat>, verbose: u8) -> LogFormat {
     let level = match verbose {
         0 => "info",
         1 => "debug",
@@ -30,4 +31,5 @@ pub fn init(format: Option<LogFormat>, verbose: u8) {
             .try_init(),
         LogFormat::Text => builder.with_target(false).compact().try_init(),
     };
+    format
 }

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use launcher::cli::{Cli, Command, DhcpCommand, NetworkCommand};
+use launcher::cli::LogFormat;
 use launcher::error::{exit_kind_of, ExitKind};
 
 fn main() -> ExitCode {
@@ -14,7 +15,7 @@ fn main() -> ExitCode {
             return ExitCode::from(code);
         }
     };
-    launcher::logging::init(cli.global.log_format, cli.global.verbose);
+    let log_format = launcher::logging::init(cli.global.log_format, cli.global.verbose);
     let g = &cli.global;
     let result = match &cli.command {
         Command::Validate(a) => launcher::spec::cmd_validate(g, a),
@@ -31,11 +32,12 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(err) => {
             let kind = exit_kind_of(&err);
-            // `{:#}` prints the whole context chain on one line: operation, object, cause.
-            tracing::error!(exit_code = kind.code(), kind = %kind, "{err:#}");
-            if kind == ExitKind::InvalidSpec {
-                // Validation reports are multi-line and meant for a human: print them as-is too.
+            if kind == ExitKind::InvalidSpec && log_format == LogFormat::Text {
+                // A validation report is multi-line and meant for a person at a terminal.
                 eprintln!("{err:#}");
+            } else {
+                // `{:#}` prints the whole context chain on one line: operation, object, cause.
+                tracing::error!(exit_code = kind.code(), kind = %kind, "{err:#}");
             }
             ExitCode::from(kind.code())
         }

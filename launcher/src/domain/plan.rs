@@ -1494,7 +1494,10 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
                         format!("{:?} is not a unicast MAC address", nic.mac),
                     )
                 })?;
-                let queues = nic.queues.filter(|q| *q > 1 && is_virtio);
+                // Multiqueue is a tap feature: passt's socket backend has a single queue.
+                let queues = nic.queues.filter(|q| {
+                    *q > 1 && is_virtio && matches!(attach, NicAttach::Ethernet { .. })
+                });
                 let (kind_s, target_dev, driver_name, port_forwards) = match attach {
                     NicAttach::Ethernet { device } => {
                         check_text(&format!("network result {:?}", iface.name), device)?;
@@ -1567,6 +1570,15 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
             name: inp.name.clone(),
             kind: "tablet".into(),
             bus,
+        });
+    }
+    if inputs.is_empty() && dev.autoattach_input_device == Some(true) {
+        // KubeVirt's autoattachInputDevice: a USB tablet for graphical consoles.
+        usb_needed = true;
+        inputs.push(InputPlan {
+            name: "default-0".into(),
+            kind: "tablet".into(),
+            bus: "usb".into(),
         });
     }
     controllers.insert(

@@ -31,11 +31,51 @@ pub async fn apply(
 ) -> Result<(), NetError> {
     let originals: BTreeSet<u32> = st.pod.interfaces.iter().map(|i| i.index).collect();
     maybe_fault(fault_after, 0);
+    // The nft transaction runs in a child process; it overlaps the netlink steps and is
+    // joined before any link joins a bridge (the first moment DHCP could cross), and before
+    // returning. With fault injection it is joined at once, so "after step N" stays exact.
+    let mut pending: Option<PendingNft> = None;
     for (n, step) in st.plan.steps.iter().enumerate() {
         let t = std::time::Instant::now();
-        run_step(h, step, &originals).await?;
+        let r = match step {
+            Step::NftTable {
+                family,
+                name,
+                ruleset,
+            } => {
+                let script =
+                    format!("table {family} {name}\ndelete table {family} {name}\n{ruleset}");
+                match spawn_nft(&step.describe(), &script) {
+                    Ok(p) if fault_after.is_none() => {
+                        if let Some(prev) = pending.replace(p) {
+                            prev.finish()?;
+                        }
+                        Ok(())
+                    }
+                    Ok(p) => p.finish(),
+                    Err(e) => Err(e),
+                }
+            }
+            Step::SetMaster { .. } => match pending.take() {
+                Some(p) => match p.finish() {
+                    Ok(()) => run_step(h, step, &originals).await,
+                    Err(e) => Err(e),
+                },
+                None => run_step(h, step, &originals).await,
+            },
+            _ => run_step(h, step, &originals).await,
+        };
+        if let Err(e) = r {
+            if let Some(p) = pending.take() {
+                let _ = p.finish();
+            }
+            return Err(e);
+        }
         tracing::debug!(step = n + 1, op = %step.describe(), elapsed_us = t.elapsed().as_micros() as u64, "applied");
         maybe_fault(fault_after, n + 1);
+    }
+    if let Some(p) = pending.take() {
+        p.finish()?;
     }
     Ok(())
 }
@@ -731,8 +771,36 @@ fn write_sysctl(path: &str, value: &str) -> Result<(), NetError> {
     })
 }
 
-/// Runs `nft -f -` with `script` on stdin: one atomic transaction.
-fn nft(what: &str, script: &str) -> Result<(), NetError> {
+/// An `nft -f -` transaction in flight.
+struct PendingNft {
+    child: std::process::Child,
+    what: String,
+}
+
+impl PendingNft {
+    fn finish(self) -> Result<(), NetError> {
+        let what = self.what;
+        let out = self
+            .child
+            .wait_with_output()
+            .map_err(|source| NetError::Io {
+                operation: format!("{what}: waiting for"),
+                object: "nft".into(),
+                source,
+            })?;
+        if out.status.success() {
+            Ok(())
+        } else {
+            Err(NetError::Nft {
+                operation: what,
+                detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            })
+        }
+    }
+}
+
+/// Starts `nft -f -` with `script` on stdin: one atomic transaction.
+fn spawn_nft(what: &str, script: &str) -> Result<PendingNft, NetError> {
     let mut child = match Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -759,19 +827,15 @@ fn nft(what: &str, script: &str) -> Result<(), NetError> {
     if let Some(mut stdin) = child.stdin.take() {
         let _ = stdin.write_all(script.as_bytes());
     }
-    let out = child.wait_with_output().map_err(|source| NetError::Io {
-        operation: format!("{what}: waiting for"),
-        object: "nft".into(),
-        source,
-    })?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(NetError::Nft {
-            operation: what.to_string(),
-            detail: String::from_utf8_lossy(&out.stderr).trim().to_string(),
-        })
-    }
+    Ok(PendingNft {
+        child,
+        what: what.to_string(),
+    })
+}
+
+/// Runs `nft -f -` with `script` and waits for it.
+fn nft(what: &str, script: &str) -> Result<(), NetError> {
+    spawn_nft(what, script)?.finish()
 }
 
 pub async fn link_by_name(h: &Handle, name: &str) -> Result<Option<PodInterface>, NetError> {

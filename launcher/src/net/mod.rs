@@ -12,6 +12,7 @@
 pub mod apply;
 pub mod binding;
 pub mod discover;
+pub mod nat;
 pub mod plan;
 pub mod state;
 

@@ -10,8 +10,12 @@
 //! - the VMI is invalid (KubeVirt's admission webhook would refuse it too), e.g. an interface
 //!   without a network of the same name;
 //! - the VMI asks for something this launcher cannot provide inside a pod (GPUs, host devices,
-//!   DRA claims, confidential computing, non-amd64 guests, sound, virtiofs, USB redirection).
-//!   Those messages say "... is not supported by this launcher: <why>".
+//!   DRA claims, confidential computing, non-amd64 guests, virtiofs, USB redirection, hotplug,
+//!   persistent TPM/EFI state, ...). Those messages say "... is not supported by this launcher:
+//!   <why>".
+//!
+//! What the launcher accepts but ignores (a hook sidecar) is not a problem: [`warnings`] lists
+//! it, and `launcher validate --strict` turns it into one.
 //!
 //! The full list of rules is in `docs/spec.md`; every rule has a failing and a passing unit
 //! test below.
@@ -48,6 +52,23 @@ pub const MAX_VCPUS: u64 = 1024;
 
 /// The MAC this launcher reserves for its own use (never a guest's).
 pub const RESERVED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0];
+
+/// What the launcher accepts but ignores: not an error (the VM runs without it), but worth a
+/// warning, and a problem under `launcher validate --strict`.
+pub fn warnings(vmi: &Vmi) -> Vec<Problem> {
+    let mut w = Vec::new();
+    if vmi
+        .metadata
+        .annotations
+        .contains_key(HOOK_SIDECARS_ANNOTATION)
+    {
+        w.push(Problem {
+            path: format!("metadata.annotations[{}]", q(HOOK_SIDECARS_ANNOTATION)),
+            message: "hook sidecars are not run by this launcher: the VM starts without the hook's changes".into(),
+        });
+    }
+    w
+}
 
 /// Reports every problem, each with its JSON path and the offending value.
 pub fn validate(vmi: &Vmi) -> Result<(), Vec<Problem>> {
@@ -86,15 +107,6 @@ impl Validator {
     // ---------------------------------------------------------------- metadata and top level
 
     fn metadata(&mut self, m: &ObjectMeta) {
-        if m.annotations.contains_key(HOOK_SIDECARS_ANNOTATION) {
-            self.push(
-                format!("metadata.annotations[{}]", q(HOOK_SIDECARS_ANNOTATION)),
-                not_supported(
-                    "a hook sidecar",
-                    "it has no hook sidecar protocol, so the hook's changes to the VM would be silently lost",
-                ),
-            );
-        }
         match m.name.as_deref() {
             None | Some("") => self.push(
                 "metadata.name",
@@ -483,7 +495,7 @@ impl Validator {
             self.push(
                 "spec.domain.firmware.acpi",
                 not_supported(
-                    "custom ACPI tables (SLIC/MSDM)",
+                    "a custom ACPI table (SLIC/MSDM)",
                     "it has no volume plumbing for ACPI tables",
                 ),
             );
@@ -493,7 +505,7 @@ impl Validator {
                 self.push(
                     "spec.domain.firmware.bootloader.efi.persistent",
                     not_supported(
-                        "persistent EFI variables",
+                        "a persistent EFI variable store",
                         "they need a backend-storage PVC, which a launcher pod does not have",
                     ),
                 );
@@ -504,6 +516,17 @@ impl Validator {
                     "sets both bios and efi: choose one",
                 );
             }
+            let acpi_off = d
+                .features
+                .as_ref()
+                .and_then(|f| f.acpi.as_ref())
+                .is_some_and(|a| a.enabled == Some(false));
+            if bl.efi.is_some() && acpi_off {
+                self.push(
+                    "spec.domain.features.acpi.enabled",
+                    "is false, but EFI firmware needs ACPI on x86_64: enable ACPI or boot with BIOS",
+                );
+            }
             if let Some(efi) = &bl.efi {
                 let smm_on = d
                     .features
@@ -512,8 +535,8 @@ impl Validator {
                     .is_some_and(|s| s.enabled != Some(false));
                 if efi.secure_boot != Some(false) && !smm_on {
                     self.push(
-                        "spec.domain.firmware.bootloader.efi.secureBoot",
-                        "is true (the default with efi) but SMM is disabled, and secure boot requires SMM: set spec.domain.features.smm: {} or secureBoot: false",
+                        "spec.domain.features.smm.enabled",
+                        "is false, but EFI secure boot (on by default with efi) requires SMM: enable SMM or set spec.domain.firmware.bootloader.efi.secureBoot: false",
                     );
                 }
             }
@@ -1088,6 +1111,25 @@ impl Validator {
             }
             if let Some(t) = &d.disk {
                 self.bus(&format!("{p}.disk.bus"), t.bus.as_deref(), "disk");
+                let pvc_read_only = s
+                    .volumes
+                    .iter()
+                    .find(|v| v.name == d.name)
+                    .and_then(|v| v.persistent_volume_claim.as_ref())
+                    .is_some_and(|c| c.read_only == Some(true));
+                if t.bus.as_deref() == Some("sata") && (t.readonly == Some(true) || pvc_read_only) {
+                    self.push(
+                        format!("{p}.disk.readonly"),
+                        format!(
+                            "{}: libvirt cannot make a SATA hard disk read-only; use bus virtio or scsi, or a cdrom",
+                            if pvc_read_only && t.readonly != Some(true) {
+                                "the disk's claim is readOnly"
+                            } else {
+                                "is true"
+                            }
+                        ),
+                    );
+                }
                 if let Some(addr) = t.pci_address.as_deref() {
                     self.pci_address(&format!("{p}.disk.pciAddress"), addr);
                     if t.bus.as_deref().is_some_and(|b| b != "virtio") {
@@ -1172,7 +1214,7 @@ impl Validator {
                     None => self.push(
                         format!("{p}.blockSize"),
                         not_supported(
-                            "matchVolume block sizes",
+                            "a matchVolume block size",
                             "it does not probe the volume; give blockSize.custom",
                         ),
                     ),
@@ -2030,13 +2072,20 @@ mod tests {
     }
 
     #[test]
-    fn hook_sidecars_are_refused() {
-        bad(
-            json!({"metadata": {"annotations": {"hooks.kubevirt.io/hookSidecars": "[]"}}}),
-            "metadata.annotations[\"hooks.kubevirt.io/hookSidecars\"]",
-            "hook sidecar is not supported by this launcher",
+    fn hook_sidecars_are_a_warning_not_a_problem() {
+        good(json!({"metadata": {"annotations": {"hooks.kubevirt.io/hookSidecars": "[]"}}}));
+        let mut vmi = Vmi::default();
+        vmi.metadata
+            .annotations
+            .insert(HOOK_SIDECARS_ANNOTATION.into(), "[]".into());
+        let w = warnings(&vmi);
+        assert_eq!(w.len(), 1);
+        assert_eq!(
+            w[0].path,
+            "metadata.annotations[\"hooks.kubevirt.io/hookSidecars\"]"
         );
-        good(json!({"metadata": {"annotations": {"other": "x"}}}));
+        assert!(w[0].message.contains("not run by this launcher"));
+        assert!(warnings(&Vmi::default()).is_empty());
     }
 
     // ------------------------------------------------------------ domain
@@ -2259,20 +2308,37 @@ mod tests {
     #[test]
     fn secure_boot_requires_smm() {
         bad(
-            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}}}}),
-            "spec.domain.firmware.bootloader.efi.secureBoot",
-            "secure boot requires SMM",
-        );
-        bad(
             json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {"secureBoot": true}}}, "features": {"smm": {"enabled": false}}}}}),
-            "spec.domain.firmware.bootloader.efi.secureBoot",
+            "spec.domain.features.smm.enabled",
             "requires SMM",
         );
+        bad(
+            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}, "features": {"smm": {"enabled": false}}}}}),
+            "spec.domain.features.smm.enabled",
+            "on by default with efi",
+        );
+        // SMM absent: turned on by the defaults.
+        good(json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}}}}));
         good(
             json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}, "features": {"smm": {}}}}}),
         );
         good(
-            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {"secureBoot": false}}}}}}),
+            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {"secureBoot": false}}}, "features": {"smm": {"enabled": false}}}}}),
+        );
+        // Validation alone (no defaults) refuses secure boot without SMM, as KubeVirt does.
+        let mut vmi = Vmi::default();
+        vmi.spec.domain.firmware = Some(Firmware {
+            bootloader: Some(Bootloader {
+                efi: Some(Efi::default()),
+                bios: None,
+            }),
+            ..Firmware::default()
+        });
+        let p = validate(&vmi).unwrap_err();
+        assert!(
+            p.iter()
+                .any(|p| p.path == "spec.domain.features.smm.enabled"),
+            "{p:#?}"
         );
     }
 
@@ -2663,6 +2729,42 @@ mod tests {
         for b in ["virtio", "sata", "scsi", "usb"] {
             good(disk0(json!({"disk": {"bus": b}})));
         }
+    }
+
+    #[test]
+    fn a_sata_disk_cannot_be_read_only() {
+        bad(
+            disk0(json!({"disk": {"bus": "sata", "readonly": true}})),
+            "spec.domain.devices.disks[0].disk.readonly",
+            "cannot make a SATA hard disk read-only",
+        );
+        let mut p = disk0(json!({})); // the default bus is sata
+        merge(
+            &mut p,
+            vol0(json!({"persistentVolumeClaim": {"claimName": "c", "readOnly": true}})),
+        );
+        bad(
+            p,
+            "spec.domain.devices.disks[0].disk.readonly",
+            "the disk's claim is readOnly",
+        );
+        good(disk0(json!({"disk": {"bus": "virtio", "readonly": true}})));
+        good(disk0(json!({"disk": {"bus": "sata", "readonly": false}})));
+    }
+
+    #[test]
+    fn efi_needs_acpi() {
+        bad(
+            json!({"spec": {"domain": {"features": {"acpi": {"enabled": false}}, "firmware": {"bootloader": {"efi": {"secureBoot": false}}}}}}),
+            "spec.domain.features.acpi.enabled",
+            "EFI firmware needs ACPI",
+        );
+        good(
+            json!({"spec": {"domain": {"features": {"acpi": {"enabled": false}}, "firmware": {"bootloader": {"bios": {}}}}}}),
+        );
+        good(
+            json!({"spec": {"domain": {"features": {"acpi": {}}, "firmware": {"bootloader": {"efi": {"secureBoot": false}}}}}}),
+        );
     }
 
     #[test]

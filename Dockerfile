@@ -1,0 +1,47 @@
+# syntax=docker/dockerfile:1
+#
+# The launcher pod's image. Two stages:
+#   build    Debian bookworm + the Rust toolchain + libvirt-dev 11.3 (bookworm-backports):
+#            `cargo build --release --locked`.
+#   runtime  debian:bookworm-slim + exactly the packages in packaging/runtime-packages.txt,
+#            installed by packaging/install-runtime.sh, + the binary. No compiler, no package lists.
+#
+# No container engine runs on the development machines: scripts/image-smoke.sh builds the
+# runtime stage's root filesystem with debootstrap, replays this file's runtime-stage RUN lines
+# in it, and runs the launcher inside it. Keep the runtime stage to the instructions that script
+# understands (FROM, ARG, ENV, LABEL, RUN with packaging/ bind-mounted, COPY --from=build,
+# ENTRYPOINT, HEALTHCHECK); it fails on anything else.
+#
+#   docker build -t launcher .
+#   docker run --rm --device /dev/kvm --device /dev/net/tun --cap-drop ALL \
+#     --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_NICE \
+#     -v $PWD/vmi.yaml:/etc/launcher/vmi.yaml:ro -e LAUNCHER_VMI=/etc/launcher/vmi.yaml launcher
+
+ARG RUST_VERSION=1.95
+
+FROM rust:${RUST_VERSION}-bookworm AS build
+# The image's own Debian source entry, copied with the suite changed: no mirror address here.
+RUN --mount=type=bind,source=packaging,target=/tmp/packaging \
+    bash /tmp/packaging/enable-backports.sh \
+ && apt-get update -qq \
+ && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+      -t bookworm-backports libvirt-dev pkg-config \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN --mount=type=cache,target=/usr/local/cargo/registry \
+    --mount=type=cache,target=/src/target \
+    cargo build --release --locked -p launcher --bin launcher \
+ && install -D -m 0755 target/release/launcher /out/launcher
+
+FROM debian:bookworm-slim AS runtime
+LABEL org.opencontainers.image.title="launcher" \
+      org.opencontainers.image.description="Entrypoint of a KubeVirt-style launcher pod: turns a VMI into a running, networked VM" \
+      org.opencontainers.image.licenses="Apache-2.0"
+RUN --mount=type=bind,source=packaging,target=/tmp/packaging \
+    bash /tmp/packaging/install-runtime.sh
+COPY --from=build /out/launcher /usr/bin/launcher
+# `launcher status` exits 0 only while the domain runs (the pod's readiness probe uses it too).
+HEALTHCHECK --interval=10s --timeout=5s --start-period=120s --retries=3 \
+    CMD ["/usr/bin/launcher", "status"]
+ENTRYPOINT ["/usr/bin/launcher", "run"]
