@@ -1,8 +1,8 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use launcher::cli::{Cli, Command, DhcpCommand, NetworkCommand};
 use launcher::cli::LogFormat;
+use launcher::cli::{Cli, Command, DhcpCommand, NetworkCommand};
 use launcher::error::{exit_kind_of, ExitKind};
 
 fn main() -> ExitCode {

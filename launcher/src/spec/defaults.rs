@@ -780,7 +780,7 @@ mod tests {
     #[test]
     fn defaults_are_idempotent() {
         let rich = "metadata: {name: t}\nspec:\n  domain:\n    resources: {limits: {cpu: 2, memory: 1Gi}}\n    firmware: {bootloader: {efi: {}}}\n    features: {acpi: {}, smm: {}, hyperv: {spinlocks: {}}}\n    clock: {timer: {rtc: {}}}\n    devices:\n      disks: [{name: a}, {name: c, cdrom: {}}, {name: l, lun: {}}]\n      watchdog: {name: w}\n      inputs: [{name: i}]\n  volumes:\n  - {name: a, containerDisk: {image: x}}\n  - {name: c, containerDisk: {image: y}}\n  - {name: l, persistentVolumeClaim: {claimName: p}}\n  - {name: extra, emptyDisk: {capacity: 1Gi}}\n";
-        for text in [MINIMAL, rich, "spec: {}", "spec: {domain: {devices: {interfaces: [{name: a, masquerade: {}, ports: [{port: 1}]}]}}, networks: [{name: a, pod: {}}]}"] {
+        for text in [MINIMAL, rich, "spec: {}", "spec: {domain: {firmware: {bootloader: {efi: {}}}}}", "spec: {domain: {devices: {interfaces: [{name: a, masquerade: {}, ports: [{port: 1}]}]}}, networks: [{name: a, pod: {}}]}"] {
             let once = defaulted(text);
             let mut twice = once.clone();
             apply(&mut twice);

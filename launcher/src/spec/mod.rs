@@ -122,14 +122,6 @@ impl Loaded {
         (vmi, problems)
     }
 
-    /// What the launcher accepts but ignores (see [`validate::warnings`]), with file paths.
-    pub fn warnings(&self, defaulted: &Vmi) -> Vec<Problem> {
-        validate::warnings(defaulted)
-            .into_iter()
-            .map(|p| self.in_file(p))
-            .collect()
-    }
-
     fn in_file(&self, p: Problem) -> Problem {
         Problem {
             path: self.file_path(&p.path),
@@ -383,19 +375,14 @@ pub fn load_for_run(g: &GlobalArgs) -> Result<Vmi, SpecError> {
     if !problems.is_empty() {
         return Err(SpecError::Invalid(problems));
     }
-    for w in loaded.warnings(&vmi) {
-        tracing::warn!(field = %w.path, "{}", w.message);
-    }
     Ok(vmi)
 }
 
 /// `launcher validate [--strict]`: exit 0 with one line, or exit 2 listing every problem.
-/// What is accepted but ignored (a hook sidecar) is a `warning:` line on stderr, and a problem
-/// with `--strict`, as are unknown fields.
+/// `--strict` also lists the fields this launcher does not know (otherwise ignored).
 pub fn cmd_validate(g: &GlobalArgs, args: &ValidateArgs) -> anyhow::Result<u8> {
     let loaded = load_from_args(g)?;
     let (vmi, mut problems) = loaded.default_and_validate();
-    let warnings = loaded.warnings(&vmi);
     if args.strict {
         for f in &loaded.unknown_fields {
             problems.push(Problem {
@@ -403,16 +390,7 @@ pub fn cmd_validate(g: &GlobalArgs, args: &ValidateArgs) -> anyhow::Result<u8> {
                 message: "is not a field this launcher knows (listed because of --strict)".into(),
             });
         }
-        problems.extend(warnings.into_iter().map(|w| Problem {
-            path: w.path,
-            message: format!("{} (listed because of --strict)", w.message),
-        }));
-    } else {
-        for w in &warnings {
-            eprintln!("warning: {w}");
-        }
-    }
-    if !args.strict && !loaded.unknown_fields.is_empty() {
+    } else if !loaded.unknown_fields.is_empty() {
         tracing::warn!(
             count = loaded.unknown_fields.len(),
             "the VMI has fields this launcher does not know and ignores; `launcher validate --strict` lists them"

@@ -15,8 +15,6 @@
 //! `500m` is 1 whole unit, `1.5` bytes is 2 bytes. Negative quantities are refused: no
 //! resource this launcher reads can be negative.
 
-use std::fmt;
-
 /// Why a quantity was refused. Every message names the offending text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
@@ -64,15 +62,6 @@ impl Quantity {
     /// True when the quantity is exactly zero.
     pub fn is_zero(&self) -> bool {
         self.num == 0
-    }
-}
-
-impl fmt::Display for Quantity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.to_units_ceil() {
-            Some(v) => write!(f, "{v}"),
-            None => write!(f, "(too large)"),
-        }
     }
 }
 

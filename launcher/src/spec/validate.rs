@@ -14,9 +14,6 @@
 //!   persistent TPM/EFI state, ...). Those messages say "... is not supported by this launcher:
 //!   <why>".
 //!
-//! What the launcher accepts but ignores (a hook sidecar) is not a problem: [`warnings`] lists
-//! it, and `launcher validate --strict` turns it into one.
-//!
 //! The full list of rules is in `docs/spec.md`; every rule has a failing and a passing unit
 //! test below.
 
@@ -52,23 +49,6 @@ pub const MAX_VCPUS: u64 = 1024;
 
 /// The MAC this launcher reserves for its own use (never a guest's).
 pub const RESERVED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0];
-
-/// What the launcher accepts but ignores: not an error (the VM runs without it), but worth a
-/// warning, and a problem under `launcher validate --strict`.
-pub fn warnings(vmi: &Vmi) -> Vec<Problem> {
-    let mut w = Vec::new();
-    if vmi
-        .metadata
-        .annotations
-        .contains_key(HOOK_SIDECARS_ANNOTATION)
-    {
-        w.push(Problem {
-            path: format!("metadata.annotations[{}]", q(HOOK_SIDECARS_ANNOTATION)),
-            message: "hook sidecars are not run by this launcher: the VM starts without the hook's changes".into(),
-        });
-    }
-    w
-}
 
 /// Reports every problem, each with its JSON path and the offending value.
 pub fn validate(vmi: &Vmi) -> Result<(), Vec<Problem>> {
@@ -107,6 +87,15 @@ impl Validator {
     // ---------------------------------------------------------------- metadata and top level
 
     fn metadata(&mut self, m: &ObjectMeta) {
+        if m.annotations.contains_key(HOOK_SIDECARS_ANNOTATION) {
+            self.push(
+                format!("metadata.annotations[{}]", q(HOOK_SIDECARS_ANNOTATION)),
+                not_supported(
+                    "a hook sidecar",
+                    "it does not run hook sidecars, so the hook's changes to the VM would be silently lost",
+                ),
+            );
+        }
         match m.name.as_deref() {
             None | Some("") => self.push(
                 "metadata.name",
@@ -2072,20 +2061,13 @@ mod tests {
     }
 
     #[test]
-    fn hook_sidecars_are_a_warning_not_a_problem() {
-        good(json!({"metadata": {"annotations": {"hooks.kubevirt.io/hookSidecars": "[]"}}}));
-        let mut vmi = Vmi::default();
-        vmi.metadata
-            .annotations
-            .insert(HOOK_SIDECARS_ANNOTATION.into(), "[]".into());
-        let w = warnings(&vmi);
-        assert_eq!(w.len(), 1);
-        assert_eq!(
-            w[0].path,
-            "metadata.annotations[\"hooks.kubevirt.io/hookSidecars\"]"
+    fn hook_sidecars_are_refused() {
+        bad(
+            json!({"metadata": {"annotations": {"hooks.kubevirt.io/hookSidecars": "[]"}}}),
+            "metadata.annotations[\"hooks.kubevirt.io/hookSidecars\"]",
+            "a hook sidecar is not supported by this launcher",
         );
-        assert!(w[0].message.contains("not run by this launcher"));
-        assert!(warnings(&Vmi::default()).is_empty());
+        good(json!({"metadata": {"annotations": {"other": "x"}}}));
     }
 
     // ------------------------------------------------------------ domain
