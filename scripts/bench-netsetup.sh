@@ -34,6 +34,7 @@ kind: VirtualMachineInstance
 metadata: {name: bench}
 spec:
   domain:
+    resources: {requests: {memory: 128Mi}}
     devices:
       interfaces: [{name: default, bridge: {}}]
   networks: [{name: default, pod: {}}]

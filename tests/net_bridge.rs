@@ -107,6 +107,7 @@ kind: VirtualMachineInstance
 metadata: {name: testvm}
 spec:
   domain:
+    resources: {requests: {memory: 128Mi}}
     devices:
       interfaces: [{name: default, bridge: {}}]
   networks: [{name: default, pod: {}}]
@@ -254,6 +255,7 @@ kind: VirtualMachineInstance
 metadata: {name: testvm}
 spec:
   domain:
+    resources: {requests: {memory: 128Mi}}
     devices:
       interfaces:
       - {name: default, bridge: {}}

@@ -668,21 +668,26 @@ async fn create_stand_in(
     mac: Mac,
     mtu: u32,
 ) -> Result<(), NetError> {
-    let dummy = LinkMessageBuilder::<LinkDummy>::new(name)
-        .address(mac.0.to_vec())
-        .mtu(mtu)
-        .build();
-    match h.link().add(dummy).execute().await {
-        Ok(()) => return Ok(()),
-        Err(e) if super::errno_of(&e) == Some(Errno::EOPNOTSUPP) => {
-            tracing::info!(
-                name,
-                peer,
-                "this kernel has no dummy links: the stand-in is a veth pair"
-            );
+    // Asking for an unknown link type makes the kernel run modprobe (tens of ms), so try a
+    // dummy only when the module is loaded or built in (`/sys/module/dummy`), or when /sys
+    // cannot tell (no sysfs mounted).
+    let sys_module = Path::new("/sys/module");
+    if !sys_module.is_dir() || sys_module.join("dummy").exists() {
+        let dummy = LinkMessageBuilder::<LinkDummy>::new(name)
+            .address(mac.0.to_vec())
+            .mtu(mtu)
+            .build();
+        match h.link().add(dummy).execute().await {
+            Ok(()) => return Ok(()),
+            Err(e) if super::errno_of(&e) == Some(Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(NetError::netlink("creating stand-in (dummy)", q(name), e)),
         }
-        Err(e) => return Err(NetError::netlink("creating stand-in (dummy)", q(name), e)),
     }
+    tracing::debug!(
+        name,
+        peer,
+        "no dummy link type in this kernel: the stand-in is a veth pair"
+    );
     let veth = LinkMessageBuilder::<LinkVeth>::new(name, peer)
         .address(mac.0.to_vec())
         .mtu(mtu)
