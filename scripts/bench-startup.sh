@@ -57,7 +57,7 @@ spec:
     resources: {requests: {memory: 256Mi}}
     firmware:
       kernelBoot:
-        kernelArgs: "console=ttyS0 quiet panic=-1 guest.hold=1"
+        kernelArgs: "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests guest.hold=1"
         container: {image: x, kernelPath: /boot/vmlinuz, initrdPath: /boot/initrd.img}
     devices:
       autoattachGraphicsDevice: false

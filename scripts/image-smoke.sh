@@ -295,7 +295,7 @@ test_guest() {
   bash "$REPO/scripts/build-test-guest.sh" "$1" >/dev/null
 }
 # Its kernel command line without a NIC: no DHCP, power off 1 s after GUEST-READY.
-GUEST_CMDLINE='console=ttyS0 quiet panic=-1 no_timer_check guest.dhcp=0 guest.poweroff=1'
+GUEST_CMDLINE='console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests guest.dhcp=0 guest.poweroff=1'
 
 wait_for() { # wait_for SECONDS CMD...: polls every 0.2 s
   local deadline=$((SECONDS + $1))
@@ -549,7 +549,7 @@ spec:
   domain:
     firmware:
       kernelBoot:
-        kernelArgs: console=ttyS0 quiet panic=-1 no_timer_check
+        kernelArgs: console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests
         container:
           image: test-guest
           kernelPath: /boot/vmlinuz

@@ -1119,7 +1119,7 @@ spec:
     memory: {{guest: 256Mi}}
     firmware:
       kernelBoot:
-        kernelArgs: "console=ttyS0 quiet panic=-1 guest.ping={node} guest.listen={LISTED}"
+        kernelArgs: "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests guest.ping={node} guest.listen={LISTED}"
         container:
           image: registry.example/test-guest:latest
           kernelPath: /boot/vmlinuz

@@ -68,7 +68,7 @@ spec:
         memory: 256Mi
     firmware:
       kernelBoot:
-        kernelArgs: "console=ttyS0 quiet panic=-1 {extra_args}"
+        kernelArgs: "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests {extra_args}"
         container:
           image: registry.example/test-guest:latest
           kernelPath: /boot/vmlinuz
