@@ -424,7 +424,8 @@ impl Prepared6 {
 /// Walks the option list (and the options nested in IA_NA, IA_TA, IAADDR, IA_PD, IAPREFIX and
 /// vendor options) and rejects what dhcproto 0.15 would mis-decode: an option shorter than its
 /// fixed part makes its decoder subtract with overflow (found by fuzzing: a 2-byte Vendor
-/// Options). Relay messages (option 9) are not served and are rejected here too.
+/// Options), and a fixed-size option with another length desynchronises it. Relay messages
+/// (option 9) are not served and are rejected here too.
 fn check_options(mut b: &[u8], depth: u8) -> bool {
     if depth > 4 {
         return false;
@@ -449,6 +450,19 @@ fn check_options(mut b: &[u8], depth: u8) -> bool {
             _ => 0,
         };
         if len < fixed {
+            return false;
+        }
+        // dhcproto reads these fixed-size values without looking at the length, so any other
+        // length would desynchronise it from the option list (also found by fuzzing).
+        let exact = match code {
+            7 | 19 => Some(1),
+            8 => Some(2),
+            12 => Some(16),
+            14 | 20 => Some(0),
+            32 => Some(4),
+            _ => None,
+        };
+        if exact.is_some_and(|n| n != len) {
             return false;
         }
         if matches!(code, 3 | 4 | 5 | 17 | 25 | 26) && !check_options(&v[fixed..], depth + 1) {
