@@ -246,6 +246,9 @@ impl Prepared6 {
         if packet.len() < 4 {
             return V6Outcome::Drop(V6Drop::Truncated);
         }
+        if !check_options(&packet[4..], 0) {
+            return V6Outcome::Drop(V6Drop::Malformed);
+        }
         let Ok(msg) = Message::decode(&mut Decoder::new(packet)) else {
             return V6Outcome::Drop(V6Drop::Malformed);
         };
@@ -416,6 +419,58 @@ impl Prepared6 {
         }
         put6(out, OPT_IA_NA, &body);
     }
+}
+
+/// Walks the option list (and the options nested in IA_NA, IA_TA, IAADDR, IA_PD, IAPREFIX and
+/// vendor options) and rejects what dhcproto 0.15 would mis-decode: an option shorter than its
+/// fixed part makes its decoder subtract with overflow (found by fuzzing: a 2-byte Vendor
+/// Options), and a fixed-size option with another length desynchronises it. Relay messages
+/// (option 9) are not served and are rejected here too.
+fn check_options(mut b: &[u8], depth: u8) -> bool {
+    if depth > 4 {
+        return false;
+    }
+    while !b.is_empty() {
+        if b.len() < 4 {
+            return false;
+        }
+        let code = u16::from_be_bytes([b[0], b[1]]);
+        let len = usize::from(u16::from_be_bytes([b[2], b[3]]));
+        let Some(v) = b.get(4..4 + len) else {
+            return false;
+        };
+        let fixed = match code {
+            9 => return false,
+            3 | 25 => 12,
+            4 | 16 | 17 => 4,
+            5 => 24,
+            26 => 25,
+            11 => 11,
+            13 => 2,
+            _ => 0,
+        };
+        if len < fixed {
+            return false;
+        }
+        // dhcproto reads these fixed-size values without looking at the length, so any other
+        // length would desynchronise it from the option list (also found by fuzzing).
+        let exact = match code {
+            7 | 19 => Some(1),
+            8 => Some(2),
+            12 => Some(16),
+            14 | 20 => Some(0),
+            32 => Some(4),
+            _ => None,
+        };
+        if exact.is_some_and(|n| n != len) {
+            return false;
+        }
+        if matches!(code, 3 | 4 | 5 | 17 | 25 | 26) && !check_options(&v[fixed..], depth + 1) {
+            return false;
+        }
+        b = &b[4 + len..];
+    }
+    true
 }
 
 fn ia_addrs(ia: &IANA) -> impl Iterator<Item = Ipv6Addr> + '_ {
@@ -802,6 +857,21 @@ mod tests {
             handle(&cfg(), ll(), &[1, 0, 0, 1, 0, 1, 0, 50, 0]),
             V6Outcome::Drop(_)
         ));
+    }
+
+    /// Found by `cargo fuzz` (dhcp_v6): a Vendor Options option shorter than its 4-byte
+    /// enterprise number made dhcproto's decoder subtract with overflow.
+    #[test]
+    fn short_fixed_part_options_are_malformed_not_a_panic() {
+        for code in [16u8, 17] {
+            let p = [1, 0, 0, 1, 0, code, 0, 2, 0xaa, 0xbb, 0, 0, 0, 0, 0, 0];
+            assert_eq!(handle(&cfg(), ll(), &p), V6Outcome::Drop(V6Drop::Malformed));
+        }
+        // A status code of 1 byte inside an IA_NA.
+        let mut p = vec![3, 0, 0, 1, 0, 3, 0, 17];
+        p.extend_from_slice(&[0; 12]);
+        p.extend_from_slice(&[0, 13, 0, 1, 0]);
+        assert_eq!(handle(&cfg(), ll(), &p), V6Outcome::Drop(V6Drop::Malformed));
     }
 
     #[test]
