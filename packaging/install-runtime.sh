@@ -52,6 +52,11 @@ fi
 id -u libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/libvirt \
   --shell /usr/sbin/nologin libvirt-qemu
 
+# In this image qemu runs as root (the launcher's qemu.conf: user = "root"). Debian ships
+# /var/lib/libvirt/qemu owned by libvirt-qemu (0750); libvirtd would chown it to root at every
+# start, which needs CAP_CHOWN. Owning it here keeps that capability out of the pod.
+chown -R root:root /var/lib/libvirt/qemu
+
 # The launcher's state directories (emptyDirs in a pod; present in the image for `docker run`).
 mkdir -p /var/run/kubevirt-private /var/run/kubevirt/container-disks /var/run/libvirt
 

@@ -135,8 +135,8 @@ EOF'
     --dhcp-leasefile="$WORK/leases" --pid-file= --log-facility=- 2>"$WORK/dnsmasq.log" &
   PING_TARGETS="10.0.99.1,$NODE_IP"
   pod qemu-system-x86_64 -accel tcg -m 256 -nodefaults -no-reboot -display none \
-    -serial "file:$SERIAL" -kernel "$KERNEL" -initrd "$INITRD" \
-    -append "console=ttyS0 quiet panic=-1 guest.ping=$PING_TARGETS guest.poweroff=1" \
+    -serial "file:$SERIAL" -kernel "$CDD/kernel-boot/vmlinuz" -initrd "$CDD/kernel-boot/initrd.img" \
+    -append "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests guest.ping=$PING_TARGETS guest.poweroff=1" \
     -netdev tap,id=n0,ifname=tap-demo,script=no,downscript=no \
     -device virtio-net-pci,netdev=n0,mac=02:00:00:00:de:01,romfile= &
   QEMU_PID=$!

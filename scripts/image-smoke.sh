@@ -204,7 +204,25 @@ enter_container() {
   install -m 0755 "$REPO/target/release/launcher" "$m$COPY_DST"
   mount -t proc proc "$m/proc"
   mount -t sysfs sysfs "$m/sys"
-  mount --rbind /dev "$m/dev" # /dev and /dev/pts (and /dev/kvm, /dev/net/tun: the device plugin's)
+  # /dev as a container runtime makes it: a tmpfs with the standard nodes, a private devpts, and
+  # the device plugin's devices (/dev/kvm, /dev/net/tun) when the machine has them.
+  mount -t tmpfs -o mode=0755,nosuid tmpfs "$m/dev"
+  local n
+  for n in null zero full random urandom tty kvm net/tun; do
+    [[ -e /dev/$n ]] || continue
+    mkdir -p "$(dirname "$m/dev/$n")"
+    touch "$m/dev/$n"
+    mount --bind "/dev/$n" "$m/dev/$n"
+  done
+  mkdir -p "$m/dev/pts" "$m/dev/shm"
+  mount -t devpts -o newinstance,ptmxmode=0666,mode=0620 devpts "$m/dev/pts"
+  ln -s pts/ptmx "$m/dev/ptmx"
+  mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs "$m/dev/shm"
+  ln -s /proc/self/fd "$m/dev/fd"
+  ln -s /proc/self/fd/0 "$m/dev/stdin"
+  ln -s /proc/self/fd/1 "$m/dev/stdout"
+  ln -s /proc/self/fd/2 "$m/dev/stderr"
+  : >"$m/dev/termination-log"
   mount -t tmpfs -o mode=0755 tmpfs "$m/run"
   mount -t tmpfs -o mode=1777 tmpfs "$m/tmp"
   mkdir -p "$m/run/lock" "$m/var/run/kubevirt-private" "$m/var/run/kubevirt/container-disks" "$m/var/run/libvirt"
@@ -227,6 +245,21 @@ kill_container_processes() {
   done
 }
 
+# The capabilities deploy/launcher-pod.yaml gives the compute container (drop ALL, add these),
+# lower-case and comma-separated for setpriv, e.g. "net_admin,net_raw".
+pod_caps() {
+  sed -nE 's/^[[:space:]]+add: \[(.*)\][[:space:]]*$/\1/p' "$REPO/deploy/launcher-pod.yaml" | head -n1 \
+    | tr -d '" ' | tr 'A-Z' 'a-z'
+}
+
+# Runs a command in the container as the pod runs it: uid 0 with only the pod's capabilities
+# (bounding set = the manifest's `add`, nothing inheritable), like a runtime with `drop: [ALL]`.
+in_pod() {
+  local caps
+  caps=$(pod_caps)
+  in_ct setpriv --bounding-set="-all${caps:+,+${caps//,/,+}}" --inh-caps=-all -- "$@"
+}
+
 in_ct() { env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${ENVS[@]}" chroot "$CT" "$@"; }
 
 PASSED=0 FAILED=0
@@ -243,27 +276,13 @@ check() {
   fi
 }
 
-# A tiny guest without a NIC: static busybox as /init, prints GUEST-READY on the serial console,
-# powers off. Used for the rootfs proof (the DHCP guest of scripts/build-test-guest.sh is used by
-# step 3).
-build_ready_guest() {
-  local out=$1 d
-  d=$(mktemp -d)
-  mkdir -p "$d/bin" "$d/dev" "$d/proc"
-  cp /bin/busybox "$d/bin/busybox"
-  cat >"$d/init" <<'EOF'
-#!/bin/busybox sh
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-exec >/dev/console 2>&1
-/bin/busybox mount -t proc proc /proc
-echo "GUEST-READY kernel=$(/bin/busybox uname -r)"
-/bin/busybox poweroff -f
-EOF
-  chmod 0755 "$d/init"
-  (cd "$d" && find . | cpio -o -H newc --quiet | gzip -1) >"$out/initrd"
-  rm -rf "$d"
-  cp "$(ls -1 /boot/vmlinuz-* | sort -V | tail -n1)" "$out/vmlinuz"
+# The project's tiny test guest (scripts/build-test-guest.sh: Debian's kernel unpacked for a fast
+# PVH boot under TCG, a busybox initramfs), copied into $1 as vmlinuz and initrd.img.
+test_guest() {
+  bash "$REPO/scripts/build-test-guest.sh" "$1" >/dev/null
 }
+# Its kernel command line without a NIC: no DHCP, power off 1 s after GUEST-READY.
+GUEST_CMDLINE='console=ttyS0 quiet panic=-1 no_timer_check guest.dhcp=0 guest.poweroff=1'
 
 wait_for() { # wait_for SECONDS CMD...: polls every 0.2 s
   local deadline=$((SECONDS + $1))
@@ -284,8 +303,9 @@ inner_prove() {
   CT=$WORK/merged
   trap 'kill_container_processes "$CT"' EXIT
 
-  check "the launcher's libraries resolve in the image (ldd), libvirt.so.0 among them" bash -c \
-    "out=\$(chroot '$CT' ldd '$COPY_DST') && ! grep -q 'not found' <<<\"\$out\" && grep -q libvirt.so.0 <<<\"\$out\""
+  check "the launcher's libraries all resolve in the image (ldd)" bash -c \
+    "out=\$(chroot '$CT' ldd '$COPY_DST') && ! grep -q 'not found' <<<\"\$out\""
+  log "launcher links: $(chroot "$CT" ldd "$COPY_DST" | awk '{print $1}' | grep -v -e vdso -e ld-linux | tr '\n' ' ')"
   check "launcher --version runs" in_ct "$COPY_DST" --version
   check "no compiler in the image (cc gcc c++ g++ clang rustc cargo ld as)" bash -c \
     "for c in cc gcc c++ g++ clang rustc cargo ld as; do chroot '$CT' sh -c \"command -v \$c\" && exit 1; done; exit 0"
@@ -302,6 +322,7 @@ inner_prove() {
   check "nft runs (lists this namespace's ruleset)" in_ct nft list ruleset
   check "passt runs" bash -c "chroot '$CT' passt --version 2>&1 | grep -qi passt"
   check "OVMF firmware present" test -s "$CT/usr/share/OVMF/OVMF_CODE.fd"
+  check "swtpm and swtpm_setup run (TPM emulator)" bash -c "chroot '$CT' swtpm --version && chroot '$CT' swtpm_setup --version"
 
   # libvirt as the launcher runs it: root daemons, unix sockets only, the settings NOTES.md found.
   cat >"$CT/etc/libvirt/qemu.conf" <<'EOF'
@@ -314,8 +335,15 @@ cgroup_controllers = [ ]
 security_driver = "none"
 EOF
   mkdir -p "$CT/var/log/libvirt/qemu"
-  check "virtlogd starts (socket appears)" bash -c "chroot '$CT' virtlogd -d && for i in \$(seq 50); do [ -S '$CT/run/libvirt/virtlogd-sock' ] && exit 0; sleep 0.1; done; exit 1"
-  check "libvirtd starts (socket appears)" bash -c "chroot '$CT' libvirtd -d && for i in \$(seq 100); do [ -S '$CT/run/libvirt/libvirt-sock' ] && exit 0; sleep 0.1; done; exit 1"
+  local caps
+  caps=$(pod_caps)
+  BOUNDING="-all${caps:+,+${caps//,/,+}}"
+  check "the pod's capabilities ($caps, from deploy/launcher-pod.yaml) are all a process gets" bash -c \
+    "chroot '$CT' setpriv --bounding-set='$BOUNDING' --inh-caps=-all -- sh -c 'setpriv --dump; grep -E \"^Cap(Eff|Bnd)\" /proc/self/status' >'$WORK/caps.txt' &&
+     [ \"\$(sed -n 's/^Capability bounding set: //p' '$WORK/caps.txt' | tr , '\\n' | sort | tr '\\n' ,)\" = \"\$(tr , '\\n' <<<'$caps' | sort | tr '\\n' ,)\" ] &&
+     [ \"\$(sed -n 's/^CapEff:\t//p' '$WORK/caps.txt')\" = \"\$(sed -n 's/^CapBnd:\t//p' '$WORK/caps.txt')\" ]"
+  check "virtlogd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' setpriv --bounding-set='$BOUNDING' --inh-caps=-all -- virtlogd -d && for i in \$(seq 50); do [ -S '$CT/run/libvirt/virtlogd-sock' ] && exit 0; sleep 0.1; done; exit 1"
+  check "libvirtd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' setpriv --bounding-set='$BOUNDING' --inh-caps=-all -- libvirtd -d && for i in \$(seq 100); do [ -S '$CT/run/libvirt/libvirt-sock' ] && exit 0; sleep 0.1; done; exit 1"
   in_ct virsh -c qemu:///system capabilities >"$WORK/caps.xml" 2>&1 || true
   in_ct virsh -c qemu:///system version >"$WORK/version.txt" 2>&1 || true
   check "virsh capabilities: qemu-system-x86_64 with domain type qemu (TCG)" bash -c \
@@ -324,7 +352,7 @@ EOF
   log "$(grep -E 'libvirt|hypervisor' "$WORK/version.txt" | tr '\n' ';' | tr -s ' ')"
 
   mkdir -p "$CT/tmp/guest"
-  build_ready_guest "$CT/tmp/guest"
+  cp "$WORK/guest/vmlinuz" "$WORK/guest/initrd.img" "$CT/tmp/guest/"
   local name=smoke-$$
   cat >"$CT/tmp/guest/domain.xml" <<EOF
 <domain type='qemu'>
@@ -334,8 +362,8 @@ EOF
   <os>
     <type arch='x86_64' machine='q35'>hvm</type>
     <kernel>/tmp/guest/vmlinuz</kernel>
-    <initrd>/tmp/guest/initrd</initrd>
-    <cmdline>console=ttyS0 quiet panic=-1</cmdline>
+    <initrd>/tmp/guest/initrd.img</initrd>
+    <cmdline>$GUEST_CMDLINE</cmdline>
   </os>
   <on_poweroff>destroy</on_poweroff>
   <on_reboot>destroy</on_reboot>
@@ -350,12 +378,33 @@ EOF
   local t0
   t0=$(date +%s.%N)
   check "virsh create of a direct-kernel-boot domain (type='qemu')" in_ct virsh -c qemu:///system create /tmp/guest/domain.xml
-  check "the guest boots to GUEST-READY on its serial log (TCG)" wait_for 90 grep -q GUEST-READY "$CT/tmp/guest/serial.log"
+  check "the guest boots to GUEST-READY on its serial log (TCG)" wait_for 180 grep -q GUEST-READY "$CT/tmp/guest/serial.log"
   log "guest reached GUEST-READY $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s after virsh create"
   check "the guest's poweroff ends the domain" wait_for 30 bash -c "! chroot '$CT' virsh -c qemu:///system domstate $name"
   check "virtlogd wrote qemu's log" test -s "$CT/var/log/libvirt/qemu/$name.log"
+
+  # The passt pod's mode (deploy/launcher-pod-passt.yaml): not root, no capability at all.
+  # libvirtd then runs as a per-user daemon (qemu:///session) and starts qemu as that user.
+  local uid
+  uid=$(sed -nE 's/^[[:space:]]+runAsUser: ([0-9]+)$/\1/p' "$REPO/deploy/launcher-pod-passt.yaml" | head -n1)
+  mkdir -p "$CT/tmp/session/home" "$CT/tmp/session/run"
+  chown -R "$uid:$uid" "$CT/tmp/session"
+  chmod 0700 "$CT/tmp/session/run"
+  chmod -R a+rX "$CT/tmp/guest"
+  local -a as_user=(setpriv --reuid="$uid" --regid="$uid" --clear-groups --bounding-set=-all --inh-caps=-all --
+    env HOME=/tmp/session/home XDG_RUNTIME_DIR=/tmp/session/run)
+  check "uid $uid (the passt pod's user) with no capability: libvirtd starts as a session daemon" bash -c \
+    "chroot '$CT' ${as_user[*]} libvirtd -d && for i in \$(seq 100); do [ -S '$CT/tmp/session/run/libvirt/libvirt-sock' ] && exit 0; sleep 0.1; done; exit 1"
+  check "uid $uid with no capability: passt runs" in_ct "${as_user[@]}" passt --version
+  sed -e "s|<name>$name</name>|<name>$name-user</name>|" -e "s|/tmp/guest/serial.log|/tmp/session/serial.log|" \
+    "$CT/tmp/guest/domain.xml" >"$CT/tmp/session/domain.xml"
+  chmod a+r "$CT/tmp/session/domain.xml"
+  t0=$(date +%s.%N)
+  check "uid $uid with no capability: virsh -c qemu:///session create" in_ct "${as_user[@]}" virsh -c qemu:///session create /tmp/session/domain.xml
+  check "uid $uid with no capability: the guest boots to GUEST-READY (TCG)" wait_for 180 grep -q GUEST-READY "$CT/tmp/session/serial.log"
+  log "session guest reached GUEST-READY $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s after virsh create"
   if ((FAILED)); then
-    log "serial log:"; tail -5 "$CT/tmp/guest/serial.log" >&2 || true
+    log "serial logs:"; tail -3 "$CT/tmp/guest/serial.log" "$CT/tmp/session/serial.log" >&2 || true
     log "qemu log:"; tail -10 "$CT/var/log/libvirt/qemu/$name.log" >&2 || true
   fi
   in_ct virsh -c qemu:///system destroy "$name" >/dev/null 2>&1 || true
@@ -407,13 +456,17 @@ main() {
   work=$(mktemp -d /tmp/image-smoke.XXXXXX)
   # shellcheck disable=SC2064
   trap "rm -rf '$work'" EXIT
+  mkdir -p "$work/guest"
+  test_guest "$work/guest" || die "scripts/build-test-guest.sh failed"
   local t0=$SECONDS
   unshare --mount --net --propagation private bash "$SELF" __prove "$rootfs" "$work" || die "the rootfs proof crashed"
   local p f
   read -r p f <"$work/result"
   log "step 2 (in-image checks) took $((SECONDS - t0)) s"
   if ((!rootfs_only)); then
-    pod_step "$rootfs" "$work" && p=$((p + 1)) || f=$((f + 1))
+    STEP3_PASSED=0 STEP3_FAILED=1
+    pod_step "$rootfs" "$work" || true
+    p=$((p + STEP3_PASSED)) f=$((f + STEP3_FAILED))
   else
     log "--rootfs-only: NOT running the ENTRYPOINT against a sandbox pod (step 3)"
   fi
@@ -423,9 +476,121 @@ main() {
 }
 
 # --- Step 3: the ENTRYPOINT in a sandbox pod ----------------------------------------------------
+# Outside: makes the sandbox pod and the guest, then runs inner_pod inside the pod's namespaces.
 pod_step() {
-  die "step 3 is not written yet"
+  local rootfs=$1 work=$2 name info pod_ip rc=0 f
+  mkdir -p "$work/pod"
+  name=ism$((($$ + RANDOM) % 100000))
+  bash scripts/sandbox.sh create "$name" --style flannel || { log "FAIL step 3: sandbox create $name"; return 1; }
+  # shellcheck disable=SC2064
+  trap "bash '$REPO/scripts/sandbox.sh' destroy '$name' >/dev/null 2>&1 || true; rm -rf '$work'" EXIT
+  info=$(bash scripts/sandbox.sh info "$name")
+  pod_ip=$(jq -r .pod_ip <<<"$info")
+  log "step 3: sandbox pod $name (flannel style, pod IP $pod_ip)"
+  local t0=$SECONDS
+  bash scripts/sandbox.sh exec "$name" -- unshare --mount --propagation private \
+    bash "$SELF" __pod "$rootfs" "$work/pod" "$work/guest" "$pod_ip" || rc=$?
+  log "step 3 took $((SECONDS - t0)) s"
+  bash scripts/sandbox.sh destroy "$name" >/dev/null 2>&1 || true
+  local p=0 fl=1
+  [[ -s $work/pod/result ]] && read -r p fl <"$work/pod/result"
+  STEP3_PASSED=$p STEP3_FAILED=$fl
+  ((rc == 0 && fl == 0))
 }
-inner_pod() { die "step 3 is not written yet"; }
+
+# Internal, inside the sandbox pod's network and mount namespaces (+ a private mount namespace):
+# the container as Kubernetes would start it from deploy/launcher-pod.yaml.
+inner_pod() {
+  local rootfs=$1 guest=$3 pod_ip=$4
+  WORK=$2
+  parse_runtime_stage
+  enter_container "$rootfs" "$WORK"
+  CT=$WORK/merged
+  trap 'kill_container_processes "$CT"; printf "%s %s\n" "$PASSED" "$FAILED" >"$WORK/result"' EXIT
+  # What the kubelet bind-mounts into every container: the pod's resolv.conf, hosts, hostname.
+  local f
+  for f in resolv.conf hosts hostname; do
+    [[ -e /etc/$f ]] || continue
+    [[ -e $CT/etc/$f ]] || : >"$CT/etc/$f"
+    mount --bind "/etc/$f" "$CT/etc/$f"
+  done
+  # The container disk volume with the kernel-boot artifacts, and the VMI from the "ConfigMap".
+  local kb=$CT/var/run/kubevirt/container-disks/kernel-boot
+  mkdir -p "$kb" "$CT/etc/launcher"
+  cp "$guest/vmlinuz" "$kb/vmlinuz"
+  cp "$guest/initrd.img" "$kb/initrd.img"
+  cat >"$CT/etc/launcher/vmi.yaml" <<'VMI'
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata:
+  name: smoke
+  namespace: default
+spec:
+  terminationGracePeriodSeconds: 10
+  domain:
+    firmware:
+      kernelBoot:
+        kernelArgs: console=ttyS0 quiet panic=-1 no_timer_check
+        container:
+          image: test-guest
+          kernelPath: /boot/vmlinuz
+          initrdPath: /boot/initrd.img
+    cpu:
+      cores: 1
+    memory:
+      guest: 256Mi
+    resources:
+      requests:
+        memory: 256Mi
+    devices:
+      autoattachGraphicsDevice: false
+      interfaces:
+        - name: default
+          bridge: {}
+  networks:
+    - name: default
+      pod: {}
+VMI
+  local caps bounding
+  caps=$(pod_caps)
+  bounding="-all${caps:+,+${caps//,/,+}}"
+  log "ENTRYPOINT ${ENTRYPOINT[*]} --accel tcg (capabilities: $caps)"
+  local t0=$SECONDS
+  (exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${ENVS[@]}" \
+    LAUNCHER_VMI=/etc/launcher/vmi.yaml \
+    chroot "$CT" setpriv --bounding-set="$bounding" --inh-caps=-all -- "${ENTRYPOINT[@]}" --accel tcg \
+    >"$WORK/launcher.log" 2>&1) &
+  local lpid=$!
+  local status=$CT/run/kubevirt-private/status.json serial=''
+  sleep 1
+  if grep -q 'not implemented yet' "$WORK/launcher.log"; then
+    check "launcher run is implemented in this binary (WAITING ON branch run)" false
+    return 1
+  fi
+  wait_for 60 jq -e '.serial_log' "$status" || true
+  serial=$(jq -r '.serial_log // empty' "$status" 2>/dev/null || true)
+  check "status.json names the serial log" test -n "$serial"
+  check "the guest gets the pod's IP ($pod_ip) as its DHCP lease (TCG)" \
+    wait_for 120 grep -q "GUEST-DHCP iface=eth0 ip=$pod_ip " "$CT$serial"
+  log "lease $((SECONDS - t0)) s after start: $(grep -ao 'GUEST-DHCP iface=eth0 [^ ]* [^ ]* [^ ]*' "$CT$serial" 2>/dev/null | head -n1)"
+  check "HEALTHCHECK (${HEALTHCHECK[*]}) passes while the VM runs" \
+    in_ct setpriv --bounding-set="$bounding" --inh-caps=-all -- "${HEALTHCHECK[@]}"
+  kill -TERM "$lpid" 2>/dev/null || true
+  local rc=0 deadline=$((SECONDS + 25)) # the VMI's grace 10 s + the pod's 15 s margin
+  while kill -0 "$lpid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
+  if kill -0 "$lpid" 2>/dev/null; then
+    check "SIGTERM ends the launcher within the pod's grace period (25 s)" false
+  else
+    wait "$lpid" || rc=$?
+    check "SIGTERM ends the launcher with exit 0 (was $rc)" test "$rc" -eq 0
+  fi
+  check "the termination message is written to /dev/termination-log" test -s "$CT/dev/termination-log"
+  log "termination message: $(head -c 200 "$CT/dev/termination-log" 2>/dev/null)"
+  if ((FAILED)); then
+    log "launcher log (last lines):"; tail -15 "$WORK/launcher.log" >&2 || true
+    [[ -n $serial ]] && { log "serial log:"; tail -8 "$CT$serial" >&2 || true; }
+  fi
+  return 0
+}
 
 main "$@"

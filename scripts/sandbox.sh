@@ -302,6 +302,7 @@ cmd_create() {
     echo "gateway6=$gw6"
     echo "node_ip6=$node_ip6"
     echo "remote_ip6=$remote_ip6"
+    echo "pod_mac=$(ip -n "$pod" -j link show dev eth0 | jq -r '.[0].address')"
     echo "node_veth=$nv"
     echo "uplink_veth=$uv"
     echo "guests=0"
@@ -353,7 +354,7 @@ cmd_info() {
   s=$(sd "$name")
   [[ -f $s/meta ]] || die "no sandbox \"$name\""
   local k args=() guests=() secs=() i
-  for k in name style hostname pod_ip gateway node_ip remote_ip pod_ip6 gateway6 node_ip6 remote_ip6 node_veth uplink_veth; do
+  for k in name style hostname pod_mac pod_ip gateway node_ip remote_ip pod_ip6 gateway6 node_ip6 remote_ip6 node_veth uplink_veth; do
     args+=(--arg "$k" "$(meta_get "$name" "$k")")
   done
   for ((i = 1; i <= $(meta_get "$name" guests); i++)); do
@@ -371,7 +372,7 @@ cmd_info() {
     --argjson guests "$gj" --argjson secondaries "$sj" '
     def nn: if . == "" then null else . end;
     {name: $name, pod_netns: $name, node_netns: ($name + "-node"), stub_netns: ($name + "-stub"),
-     style: $style, mtu: $mtu, pod_ip: $pod_ip, pod_prefix: $pod_prefix, gateway: $gateway,
+     style: $style, mtu: $mtu, pod_mac: $pod_mac, pod_ip: $pod_ip, pod_prefix: $pod_prefix, gateway: $gateway,
      node_ip: $node_ip, remote_ip: $remote_ip,
      pod_ip6: ($pod_ip6|nn), pod_prefix6: (if $pod_ip6 == "" then null else 64 end),
      gateway6: ($gateway6|nn), node_ip6: ($node_ip6|nn), remote_ip6: ($remote_ip6|nn),

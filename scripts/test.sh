@@ -17,4 +17,4 @@ step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
 step "cargo test (unit, golden, integration, end-to-end)"
-cargo test --locked --workspace -- --test-threads=2
+cargo test --locked --workspace --no-fail-fast -- --test-threads=2

@@ -36,7 +36,12 @@ from kubernetes_validate.utils import ValidationError, SchemaNotFoundError, Inva
 k8s_version, files = sys.argv[1], sys.argv[2:]
 passed = failed = 0
 
-ALLOWED_CAPS = {"NET_ADMIN", "NET_RAW", "SYS_NICE"}
+# Capabilities by reason (docs/packaging.md, "What the pod needs and why"): the pod must add
+# exactly the union of the reasons that apply, after dropping ALL.
+NET_CAPS = {"NET_ADMIN", "NET_RAW"}                                  # tap-based bindings
+ROOT_LIBVIRT_CAPS = {"SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE"}  # libvirtd as root starts qemu
+RT_CAPS = {"SYS_NICE"}                                               # realtime / dedicated CPUs
+ALLOWED_CAPS = NET_CAPS | ROOT_LIBVIRT_CAPS | RT_CAPS
 KVM, TUN = "devices.kubevirt.io/kvm", "devices.kubevirt.io/tun"
 GRACE_MARGIN = 15
 
@@ -104,12 +109,18 @@ def launcher_rules(docs):
         cpu = vmi["spec"]["domain"].get("cpu", {})
         realtime = "realtime" in cpu or cpu.get("dedicatedCpuPlacement", False)
     needs_net = bool(bindings - {"passt"})
-    if bindings == {"passt"} and added:
-        errs.append(f"the passt binding needs no capability, but {sorted(added)} are added")
-    if needs_net and not {"NET_ADMIN", "NET_RAW"} <= added:
-        errs.append(f"bindings {sorted(bindings)} need NET_ADMIN and NET_RAW")
-    if ("SYS_NICE" in added) != realtime:
-        errs.append("SYS_NICE must be added exactly when the VMI has cpu.realtime or dedicatedCpuPlacement")
+    uid = sc.get("runAsUser", spec.get("securityContext", {}).get("runAsUser"))
+    as_root = uid in (None, 0)
+    if needs_net and not as_root:
+        errs.append(f"bindings {sorted(bindings)} plumb the pod network: the container must run as root")
+    if not needs_net and (as_root or not sc.get("runAsNonRoot")):
+        errs.append("the passt binding plumbs nothing: run as non-root (runAsUser != 0, runAsNonRoot: true)")
+    want = (NET_CAPS if needs_net else set()) | (ROOT_LIBVIRT_CAPS if as_root else set()) \
+        | (RT_CAPS if realtime else set())
+    if added != want and not (added - ALLOWED_CAPS):
+        why = "; ".join(f"{c}: {'missing' if c in want else 'not needed'}" for c in sorted(added ^ want))
+        errs.append(f"capabilities.add must be exactly {sorted(want)} for bindings {sorted(bindings)}, "
+                    f"{'root' if as_root else 'non-root'}, realtime={realtime} ({why})")
 
     # Devices through the device plugins: kvm always, tun for tap-based bindings.
     limits = c.get("resources", {}).get("limits", {})
@@ -194,9 +205,13 @@ MUTATIONS_BY_KIND = {
     "tap": [
         ("no NET_RAW for a tap-based binding", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("NET_RAW")),
         ("no tun device for a tap-based binding", lambda ds: compute(ds)["resources"]["limits"].pop("devices.kubevirt.io/tun")),
+        ("no SETPCAP for libvirtd as root", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("SETPCAP")),
+        ("a tap-based binding as non-root", lambda ds: compute(ds)["securityContext"].update(runAsUser=107, runAsNonRoot=True)),
     ],
     "passt": [
         ("NET_ADMIN for the passt binding", lambda ds: compute(ds)["securityContext"]["capabilities"].setdefault("add", []).append("NET_ADMIN")),
+        ("SETUID for a non-root pod", lambda ds: compute(ds)["securityContext"]["capabilities"].setdefault("add", []).append("SETUID")),
+        ("the passt pod as root", lambda ds: compute(ds)["securityContext"].update(runAsUser=0, runAsNonRoot=False)),
     ],
 }
 
@@ -208,7 +223,7 @@ for f in files:
         check(f"{f}: {d['kind']} {d['metadata']['name']} is valid Kubernetes {k8s_version} (strict)", not errs, "\n".join(errs))
     errs = launcher_rules(docs)
     check(f"{f}: follows the launcher pod's rules", not errs, "\n".join(errs))
-    kind = "passt" if "add" not in compute(docs).get("securityContext", {}).get("capabilities", {}) else "tap"
+    kind = "passt" if compute(docs).get("securityContext", {}).get("runAsNonRoot") else "tap"
     for what, mutate in MUTATIONS + MUTATIONS_BY_KIND[kind]:
         ds = copy.deepcopy(docs)
         mutate(ds)

@@ -358,35 +358,31 @@ fn write_script(t: &Topo, name: &str, body: &str) -> PathBuf {
     p
 }
 
-/// Runs udhcpc once; returns (exit success, env of the `bound` event).
-fn udhcpc(t: &Topo, tries: u32, timeout: u32) -> (bool, std::collections::HashMap<String, String>) {
+/// The udhcpc command line (its script writes `udhcpc.<event>.env` into the test dir).
+fn udhcpc_command(t: &Topo, tries: u32, timeout: u32) -> Command {
     let out = t.path("udhcpc");
     let script = write_script(
         t,
         "udhcpc.sh",
         &format!("#!/bin/sh\nenv > {}.$1.env\n", out.display()),
     );
-    let status = Command::new("ip")
-        .args([
-            "netns", "exec", &t.client, "busybox", "udhcpc", "-f", "-q", "-n",
-        ])
-        .args(["-t", &tries.to_string(), "-T", &timeout.to_string()])
-        .args(["-i", "eth0", "-s"])
-        .arg(&script)
-        .args([
-            "-O",
-            "search",
-            "-O",
-            "staticroutes",
-            "-O",
-            "mtu",
-            "-O",
-            "hostname",
-            "-O",
-            "domain",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let mut cmd = Command::new("ip");
+    cmd.args([
+        "netns", "exec", &t.client, "busybox", "udhcpc", "-f", "-q", "-n",
+    ])
+    .args(["-t", &tries.to_string(), "-T", &timeout.to_string()])
+    .args(["-i", "eth0", "-s"])
+    .arg(&script)
+    .args(["-O", "search", "-O", "staticroutes", "-O", "mtu"])
+    .args(["-O", "hostname", "-O", "domain"])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    cmd
+}
+
+/// Runs udhcpc once; returns (exit success, env of the `bound` event).
+fn udhcpc(t: &Topo, tries: u32, timeout: u32) -> (bool, std::collections::HashMap<String, String>) {
+    let status = udhcpc_command(t, tries, timeout)
         .status()
         .expect("running busybox udhcpc");
     (status.success(), env_file(&t.path("udhcpc.bound.env")))
@@ -859,4 +855,51 @@ fn start_fails_naming_a_missing_interface() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(3), "{err}");
     assert!(err.contains("k6t-nope"), "{err}");
+}
+
+/// The Rust API the network module uses: start() binds (and names a missing interface),
+/// stats() counts, shutdown() stops; in-process, on a thread inside the server namespace.
+#[test]
+fn api_start_stats_shutdown_in_process() {
+    use launcher::dhcp::server::Dhcp4Servers;
+    let t = Topo::new(Style::Flannel, VM_MAC_STR);
+    let cmd = udhcpc_command(&t, 5, 2);
+    let (bad, ok, stats) = in_netns(&t.server, move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let mut missing = config(Style::Flannel);
+            missing.interface = "k6t-gone".into();
+            let bad = match Dhcp4Servers::start(vec![config(Style::Flannel), missing]).await {
+                Ok(_) => panic!("start() succeeded without the interface"),
+                Err(e) => e.to_string(),
+            };
+            let servers = Dhcp4Servers::start(vec![config(Style::Flannel)])
+                .await
+                .expect("start");
+            let ok = tokio::process::Command::from(cmd)
+                .status()
+                .await
+                .unwrap()
+                .success();
+            let stats = servers.stats();
+            servers.shutdown().await;
+            (bad, ok, stats)
+        })
+    });
+    assert!(bad.contains("k6t-gone"), "{bad}");
+    assert!(ok, "udhcpc got no lease from the in-process server");
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].interface, "k6t-eth0");
+    assert_eq!((stats[0].offers, stats[0].acks), (1, 1), "{stats:?}");
+    assert_eq!(stats[0].served(), 2);
+    // The neighbour entry for the guest is removed at shutdown.
+    let out = Command::new("ip")
+        .args(["-n", &t.server, "neigh", "show", "dev", "k6t-eth0"])
+        .output()
+        .unwrap();
+    let neigh = String::from_utf8_lossy(&out.stdout);
+    assert!(!neigh.contains("10.244.1.5"), "{neigh}");
 }

@@ -122,6 +122,7 @@ fn flannel_pod_has_its_network_identity() {
     // eth0 is a veth whose peer is the node-side veth, which carries the gateway.
     let link = json(&pod.exec_ok(&["ip", "-j", "-d", "link", "show", "dev", "eth0"]));
     assert_eq!(link[0]["linkinfo"]["info_kind"], "veth");
+    assert_eq!(link[0]["address"].as_str(), Some(i.pod_mac.as_str()));
     let node = json(&pod.node_ok(&["ip", "-j", "addr", "show", "dev", &i.node_veth]));
     assert_eq!(node[0]["mtu"], 1450);
     assert_eq!(node[0]["addr_info"][0]["local"], "10.244.1.1");
@@ -607,17 +608,20 @@ fn test_guest_boots_under_tcg_without_nic() {
     let tmp = tempfile::tempdir().unwrap();
     let serial = tmp.path().join("serial.log");
     let start = Instant::now();
+    let errlog = tmp.path().join("qemu.stderr");
     let mut child = qemu_cmd(&serial, "guest.poweroff=0")
         .args(["-nic", "none"])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
+        .stderr(fs::File::create(&errlog).unwrap())
         .spawn()
         .expect("starting qemu-system-x86_64 (scripts/setup.sh installs it)");
     let (ready, log) = wait_for_text(&serial, "GUEST-READY", guest_boot_timeout());
     if !ready {
         let _ = child.kill();
+        let _ = child.wait();
+        let err = fs::read_to_string(&errlog).unwrap_or_default();
         panic!(
-            "no GUEST-READY within {:?}; serial log:\n{log}",
+            "no GUEST-READY within {:?}; serial log:\n{log}\nqemu stderr:\n{err}",
             guest_boot_timeout()
         );
     }
@@ -646,7 +650,9 @@ fn test_guest_dhcp_ping_listen_and_acpi_poweroff() {
     let serial = tmp.path().join("serial.log");
     let mon = tmp.path().join("mon.sock");
     let mut qemu = qemu_cmd(&serial, "guest.ping=10.0.2.2 guest.listen=7777");
-    qemu.args(["-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:7777-:7777"])
+    // q35, as libvirt uses for KubeVirt's default machine type (the -nic none test uses pc).
+    qemu.args(["-machine", "q35"])
+        .args(["-netdev", "user,id=n0,hostfwd=tcp:127.0.0.1:7777-:7777"])
         .args([
             "-device",
             "virtio-net-pci,netdev=n0,mac=02:00:00:00:bb:01,romfile=",
@@ -660,12 +666,20 @@ fn test_guest_dhcp_ping_listen_and_acpi_poweroff() {
         .collect();
     let mut argv = vec![prog.as_str()];
     argv.extend(args.iter().map(String::as_str));
-    let mut child = pod.exec_spawn(&argv);
+    let errlog = tmp.path().join("qemu.stderr");
+    let mut child = pod
+        .exec_cmd(&argv)
+        .stdout(Stdio::null())
+        .stderr(fs::File::create(&errlog).unwrap())
+        .spawn()
+        .unwrap();
 
     let (ready, log) = wait_for_text(&serial, "GUEST-READY", guest_boot_timeout());
     if !ready {
         let _ = child.kill();
-        panic!("no GUEST-READY; serial log:\n{log}");
+        let _ = child.wait();
+        let err = fs::read_to_string(&errlog).unwrap_or_default();
+        panic!("no GUEST-READY; serial log:\n{log}\nqemu stderr:\n{err}");
     }
     let dhcp = marker_lines(&log, "GUEST-DHCP");
     assert_eq!(dhcp.len(), 1, "{log}");
@@ -685,7 +699,14 @@ fn test_guest_dhcp_ping_listen_and_acpi_poweroff() {
         vec!["GUEST-LISTEN port=7777"]
     );
     // The listener answers (through qemu's port forward, inside the pod).
-    let hello = pod.exec_ok(&["sh", "-c", "busybox nc 127.0.0.1 7777 </dev/null"]);
+    let mut hello = String::new();
+    for _ in 0..10 {
+        hello = pod.exec_ok(&["sh", "-c", "busybox nc 127.0.0.1 7777 </dev/null || true"]);
+        if !hello.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
     assert_eq!(hello, "HELLO-FROM-GUEST\n");
 
     // ACPI power button (what libvirt's shutdown sends): the guest powers off.

@@ -124,6 +124,8 @@ pub struct SandboxInfo {
     pub node_netns: String,
     pub style: String,
     pub mtu: u32,
+    /// The MAC `eth0` had when the pod was made (a launcher may move it to the VM).
+    pub pod_mac: String,
     pub pod_ip: String,
     pub pod_prefix: u8,
     pub gateway: String,
@@ -159,6 +161,7 @@ impl SandboxInfo {
             node_netns: s("node_netns"),
             style: s("style"),
             mtu: raw["mtu"].as_u64().expect("info.mtu") as u32,
+            pod_mac: s("pod_mac"),
             pod_ip: s("pod_ip"),
             pod_prefix: raw["pod_prefix"].as_u64().expect("info.pod_prefix") as u8,
             gateway: s("gateway"),
@@ -274,7 +277,9 @@ impl Sandbox {
         self.exec_ok(&["sh", "-c", script])
     }
 
-    /// Starts `args` inside the pod with stdout and stderr piped.
+    /// Starts `args` inside the pod with stdout and stderr piped. The child's pid is the
+    /// command itself (sandbox.sh execs nsenter, which execs the command), so a signal sent to
+    /// `child.id()` (e.g. SIGTERM to `launcher run`) reaches it directly.
     pub fn exec_spawn(&self, args: &[&str]) -> Child {
         self.exec_cmd(args)
             .stdin(Stdio::null())
@@ -444,10 +449,12 @@ pub fn test_guest() -> TestGuest {
         .clone()
 }
 
-/// Kernel command line for the test guest: serial console, quiet, reboot (= exit with
+/// Kernel command line for the test guest: serial console, quiet, no IO-APIC timer check (it
+/// fails under TCG on a loaded host and panics the kernel), no local APIC timer (its boot-time
+/// calibration goes wrong under load; the HPET ticks instead), no crypto self-tests (slow), reboot (= exit with
 /// `-no-reboot`) on panic, plus the `guest.*` options (see scripts/build-test-guest.sh).
 pub fn guest_cmdline(extra: &str) -> String {
-    format!("console=ttyS0 quiet panic=-1 {extra}")
+    format!("console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests {extra}")
         .trim()
         .to_string()
 }

@@ -10,8 +10,10 @@ use crate::cli::{DhcpServeArgs, GlobalArgs};
 use crate::error::{Classify, ExitKind};
 
 pub mod options;
+pub mod ra;
 pub mod server;
 pub mod v4;
+pub mod v6;
 
 /// The lease time the network module should put into [`V4Config::lease_secs`]: infinite
 /// (0xffffffff, RFC 2131 §3.3). The address is the pod's own and cannot change while the pod

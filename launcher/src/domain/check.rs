@@ -72,6 +72,9 @@ fn parse(xml: &str) -> Result<Vec<String>, String> {
 fn check_attrs(s: &quick_xml::events::BytesStart, xml: &str, pos: u64) -> Result<(), String> {
     for a in s.attributes() {
         let a = a.map_err(|e| at(xml, pos, &e.to_string()))?;
+        if a.value.contains(&b'<') {
+            return Err(at(xml, pos, "a raw '<' in an attribute value"));
+        }
         a.unescape_value()
             .map_err(|e| at(xml, pos, &e.to_string()))?;
     }

@@ -18,6 +18,9 @@ pub fn prepare(steps: &[PrepStep]) -> Result<(), DomainError> {
 
 fn prepare_one(step: &PrepStep) -> Result<(), DomainError> {
     match step {
+        PrepStep::Directory { path } => {
+            std::fs::create_dir_all(path).map_err(|e| io("creating the directory", path, e))
+        }
         PrepStep::Overlay {
             volume,
             backing,

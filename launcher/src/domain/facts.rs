@@ -252,8 +252,9 @@ pub fn supports_direct_io(path: &Path) -> bool {
 /// Deterministic network stand-ins for `launcher render`: taps `tap0`, `tap1`, … in interface
 /// order for tap-based bindings; passt with the spec's ports; SR-IOV with the placeholder VF
 /// address `0000:ff:00.<n>`; the spec's MAC, else one derived from the VMI uid (or
-/// namespace/name) and the interface name ([`plan::derived_mac`]); multiqueue with one queue
-/// per vCPU when `networkInterfaceMultiqueue` is set; no MTU.
+/// namespace/name) and the interface name ([`plan::derived_mac`]); multiqueue (taps only) with
+/// one queue per vCPU when `networkInterfaceMultiqueue` is set; no MTU; absent interfaces are
+/// skipped.
 pub fn stand_in_nics(vmi: &Vmi) -> Result<Vec<NicInput>, DomainError> {
     let vcpus = plan::vcpu_count(vmi)?;
     let multiqueue = vmi.spec.domain.devices.network_interface_multiqueue == Some(true);
@@ -261,6 +262,9 @@ pub fn stand_in_nics(vmi: &Vmi) -> Result<Vec<NicInput>, DomainError> {
     let (mut taps, mut vfs) = (0u32, 0u32);
     for (i, iface) in vmi.spec.domain.devices.interfaces.iter().enumerate() {
         let path = format!("spec.domain.devices.interfaces[{i}]");
+        if iface.state.as_deref() == Some("absent") {
+            continue;
+        }
         let kind = iface.binding_kind().ok_or_else(|| {
             DomainError::invalid(
                 &path,
@@ -325,8 +329,8 @@ pub fn stand_in_nics(vmi: &Vmi) -> Result<Vec<NicInput>, DomainError> {
             None => plan::derived_mac(vmi, &iface.name),
         };
         let queues = match (&attach, multiqueue, vcpus) {
-            (NicAttach::Hostdev { .. }, _, _) | (_, false, _) | (_, true, 0..=1) => None,
-            (_, true, n) => Some(n),
+            (NicAttach::Ethernet { .. }, true, n) if n > 1 => Some(n),
+            _ => None,
         };
         out.push(NicInput {
             name: iface.name.clone(),

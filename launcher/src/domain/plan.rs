@@ -321,6 +321,8 @@ pub struct TpmPlan {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
 pub enum PrepStep {
+    /// A directory that must exist before the domain starts (sockets, logs, NVRAM).
+    Directory { path: PathBuf },
     /// A qcow2 overlay over a container disk (or an ephemeral PVC), backing format detected.
     Overlay {
         volume: String,
@@ -981,7 +983,14 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
         .bios
         .as_ref()
         .is_some_and(|b| b.use_serial == Some(true));
-    let mut prepare = Vec::new();
+    let mut prepare = vec![PrepStep::Directory {
+        path: vmi_run_dir(&facts.run_dir, vmi),
+    }];
+    if bootloader.efi.is_some() {
+        prepare.push(PrepStep::Directory {
+            path: facts.run_dir.join("nvram"),
+        });
+    }
     let (kernel, initrd, cmdline) = match &firmware.kernel_boot {
         Some(kb) => {
             let kbp = "spec.domain.firmware.kernelBoot";
@@ -1485,7 +1494,10 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
                         format!("{:?} is not a unicast MAC address", nic.mac),
                     )
                 })?;
-                let queues = nic.queues.filter(|q| *q > 1 && is_virtio);
+                // Multiqueue is a tap feature: passt's socket backend has a single queue.
+                let queues = nic.queues.filter(|q| {
+                    *q > 1 && is_virtio && matches!(attach, NicAttach::Ethernet { .. })
+                });
                 let (kind_s, target_dev, driver_name, port_forwards) = match attach {
                     NicAttach::Ethernet { device } => {
                         check_text(&format!("network result {:?}", iface.name), device)?;
@@ -1558,6 +1570,15 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
             name: inp.name.clone(),
             kind: "tablet".into(),
             bus,
+        });
+    }
+    if inputs.is_empty() && dev.autoattach_input_device == Some(true) {
+        // KubeVirt's autoattachInputDevice: a USB tablet for graphical consoles.
+        usb_needed = true;
+        inputs.push(InputPlan {
+            name: "default-0".into(),
+            kind: "tablet".into(),
+            bus: "usb".into(),
         });
     }
     controllers.insert(
@@ -2391,6 +2412,127 @@ pub fn base64_decode(s: &str) -> Option<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::error::{Classify, ExitKind};
+
+    fn vmi(yaml: &str) -> Vmi {
+        let mut v = crate::spec::parse_str(yaml, "t").unwrap().vmi;
+        crate::spec::defaults::apply(&mut v);
+        v
+    }
+
+    fn facts() -> PodFacts {
+        PodFacts {
+            hypervisor: Hypervisor::Kvm,
+            run_dir: "/run/x".into(),
+            container_disk_dir: "/cd".into(),
+            ovmf_dir: "/usr/share/OVMF".into(),
+            cpuset: vec![4, 5, 9],
+            block_volumes: Default::default(),
+            no_direct_io: Default::default(),
+            machine_types: vec![],
+        }
+    }
+
+    const PINNED: &str = "metadata: {name: p}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n    devices: {autoattachPodInterface: false}\n    cpu: {cores: 2, dedicatedCpuPlacement: true, isolateEmulatorThread: true}\n";
+
+    #[test]
+    fn dedicated_cpus_pin_to_the_pod_cpuset_and_isolate_the_emulator() {
+        let p = plan(&vmi(PINNED), &[], &facts()).unwrap();
+        let t = p.cputune.unwrap();
+        assert_eq!(
+            t.vcpupins,
+            vec![
+                VcpuPin {
+                    vcpu: 0,
+                    cpuset: "4".into()
+                },
+                VcpuPin {
+                    vcpu: 1,
+                    cpuset: "5".into()
+                }
+            ]
+        );
+        assert_eq!(t.emulatorpin, "9");
+        let shared = PINNED.replace(", isolateEmulatorThread: true", "");
+        let t = plan(&vmi(&shared), &[], &facts()).unwrap().cputune.unwrap();
+        assert_eq!(t.emulatorpin, "4,5");
+        let mut small = facts();
+        small.cpuset = vec![0, 1];
+        let e = plan(&vmi(PINNED), &[], &small).unwrap_err();
+        assert_eq!(e.exit_kind(), ExitKind::Precondition);
+        assert!(e.to_string().contains("needs 3 CPUs"), "{e}");
+    }
+
+    const DISKS: &str = "metadata: {name: d}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n    devices:\n      autoattachPodInterface: false\n      disks:\n      - {name: a, disk: {bus: virtio}}\n  volumes:\n  - {name: a, persistentVolumeClaim: {claimName: c}}\n";
+
+    #[test]
+    fn cache_follows_o_direct_and_block_volumes_are_devices() {
+        let p = plan(&vmi(DISKS), &[], &facts()).unwrap();
+        let d = &p.devices.disks[0];
+        assert_eq!((d.cache.as_str(), d.source_type.as_str()), ("none", "file"));
+        assert_eq!(d.source, "/run/x/vmi-disks/a/disk.img");
+        let mut f = facts();
+        f.no_direct_io.insert("a".into());
+        let d = plan(&vmi(DISKS), &[], &f).unwrap().devices.disks[0].clone();
+        assert_eq!(d.cache, "writethrough");
+        let e = plan(
+            &vmi(&DISKS.replace("bus: virtio}", "bus: virtio}, cache: none")),
+            &[],
+            &f,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("O_DIRECT"), "{e}");
+        let mut f = facts();
+        f.block_volumes.insert("a".into());
+        let d = plan(&vmi(DISKS), &[], &f).unwrap().devices.disks[0].clone();
+        assert_eq!(
+            (d.source_type.as_str(), d.source.as_str(), d.io.as_deref()),
+            ("block", "/dev/a", Some("native"))
+        );
+    }
+
+    #[test]
+    fn an_interface_without_a_network_result_is_a_bug_not_a_guess() {
+        let v = vmi("metadata: {name: n}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n");
+        assert!(
+            !v.spec.domain.devices.interfaces.is_empty(),
+            "defaults add the pod interface"
+        );
+        let e = plan(&v, &[], &facts()).unwrap_err();
+        assert_eq!(e.exit_kind(), ExitKind::Internal);
+        assert!(e.to_string().contains("\"default\""), "{e}");
+    }
+
+    #[test]
+    fn an_undefaulted_vmi_is_refused_with_the_field_not_a_panic() {
+        let e = plan(&Vmi::default(), &[], &facts()).unwrap_err();
+        assert!(e.to_string().starts_with("metadata.name"), "{e}");
+        let mut v = Vmi::default();
+        v.metadata.name = Some("x".into());
+        let e = plan(&v, &[], &facts()).unwrap_err();
+        assert!(e.to_string().starts_with("spec.domain.memory.guest"), "{e}");
+        assert_eq!(e.exit_kind(), ExitKind::InvalidSpec);
+    }
+
+    #[test]
+    fn machine_types_are_checked_against_qemu_when_known() {
+        let v = vmi("metadata: {name: m}\nspec:\n  domain:\n    memory: {guest: 64Mi}\n    machine: {type: pc-q35-rhel9.6.0}\n    devices: {autoattachPodInterface: false}\n");
+        let mut f = facts();
+        assert!(plan(&v, &[], &f).is_ok(), "unknown list: not checked");
+        f.machine_types = vec!["q35".into(), "pc-q35-10.0".into()];
+        let e = plan(&v, &[], &f).unwrap_err();
+        assert!(e.to_string().contains("spec.domain.machine.type"), "{e}");
+        assert!(e.to_string().contains("pc-q35-10.0"), "{e}");
+    }
+
+    #[test]
+    fn reboot_policy_maps_to_on_reboot() {
+        assert_eq!(reboot_action(None).unwrap(), "restart");
+        assert_eq!(reboot_action(Some("Reboot")).unwrap(), "restart");
+        assert_eq!(reboot_action(Some("Terminate")).unwrap(), "destroy");
+        assert!(reboot_action(Some("Sometimes")).is_err());
+    }
 
     #[test]
     fn quantities() {

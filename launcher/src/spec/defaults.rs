@@ -27,7 +27,8 @@
 //! | `interfaces[i].model` | `virtio` | API reference: "Interface model ... Defaults to virtio" (KubeVirt's converter applies it) |
 //! | `interfaces[i].ports[j].protocol`, `portRanges[j].protocol` | `TCP` | API reference for `Port.protocol`: "Defaults to TCP" |
 //! | `spec.terminationGracePeriodSeconds` | 30 | `DefaultGracePeriodSeconds = 30` (virt-launcher's grace period) |
-//! | `firmware.bootloader.efi.secureBoot` | `true` | API reference for `EFI.secureBoot`: "Defaults to true" (and it requires SMM, which validation checks) |
+//! | `firmware.bootloader.efi.secureBoot` | `true` | API reference for `EFI.secureBoot`: "Defaults to true" |
+//! | `features.smm` | `{enabled: true}` when secure boot is on and `smm` is absent | **deviation**: KubeVirt's validating webhook refuses secure boot without `features.smm` ("SecureBoot requires SMM"); the launcher turns SMM on instead, as the domain needs it. An explicit `smm: {enabled: false}` is still refused |
 //! | `spec.domain.firmware.uuid` | a name-based (SHA-1, v5) UUID of `metadata.name` in namespace `6a1a24a1-4061-4607-8bf4-a3963d0c5895` | the VM controller's stable firmware UUID (`CalculateLegacyUUID`); for a bare VMI KubeVirt picks a random one, we pick the stable one so that restarts keep the guest's identity |
 //! | `features.*` given as `{}` (`acpi`, `smm`, `pvspinlock`, `hypervPassthrough`, `apic`, every `hyperv.*` toggle, `hyperv.vendorid`) | `enabled: true` | API `SetDefaults_FeatureState`, `SetDefaults_FeatureAPIC`, `SetDefaults_FeatureVendorID` |
 //! | `features.hyperv.spinlocks.spinlocks` | 4096 when spinlocks are enabled | API `SetDefaults_FeatureSpinlocks` |
@@ -215,8 +216,12 @@ fn firmware(domain: &mut DomainSpec, name: Option<&str>) {
         .as_mut()
         .and_then(|f| f.bootloader.as_mut())
         .and_then(|b| b.efi.as_mut());
-    if let Some(efi) = efi {
-        efi.secure_boot.get_or_insert(true);
+    let secure = efi.is_some_and(|efi| *efi.secure_boot.get_or_insert(true));
+    if secure {
+        // Secure boot needs SMM. KubeVirt refuses secure boot when `features.smm` is absent;
+        // this launcher turns SMM on instead (an explicit `enabled: false` is still refused).
+        let features = domain.features.get_or_insert_with(Features::default);
+        features.smm.get_or_insert_with(FeatureState::default);
     }
 }
 
@@ -542,6 +547,23 @@ mod tests {
     }
 
     #[test]
+    fn secure_boot_turns_smm_on_unless_explicitly_off() {
+        let v = defaulted("spec: {domain: {firmware: {bootloader: {efi: {}}}}}");
+        let smm = v.spec.domain.features.unwrap().smm.unwrap();
+        assert_eq!(smm.enabled, Some(true));
+        let v = defaulted("spec: {domain: {firmware: {bootloader: {efi: {}}}, features: {smm: {enabled: false}}}}");
+        assert_eq!(
+            v.spec.domain.features.unwrap().smm.unwrap().enabled,
+            Some(false)
+        );
+        let v = defaulted("spec: {domain: {firmware: {bootloader: {efi: {secureBoot: false}}}}}");
+        assert!(
+            v.spec.domain.features.is_none(),
+            "no SMM without secure boot"
+        );
+    }
+
+    #[test]
     fn firmware_uuid_is_stable_and_name_based() {
         let a = defaulted(MINIMAL);
         let b = defaulted(MINIMAL);
@@ -758,7 +780,7 @@ mod tests {
     #[test]
     fn defaults_are_idempotent() {
         let rich = "metadata: {name: t}\nspec:\n  domain:\n    resources: {limits: {cpu: 2, memory: 1Gi}}\n    firmware: {bootloader: {efi: {}}}\n    features: {acpi: {}, smm: {}, hyperv: {spinlocks: {}}}\n    clock: {timer: {rtc: {}}}\n    devices:\n      disks: [{name: a}, {name: c, cdrom: {}}, {name: l, lun: {}}]\n      watchdog: {name: w}\n      inputs: [{name: i}]\n  volumes:\n  - {name: a, containerDisk: {image: x}}\n  - {name: c, containerDisk: {image: y}}\n  - {name: l, persistentVolumeClaim: {claimName: p}}\n  - {name: extra, emptyDisk: {capacity: 1Gi}}\n";
-        for text in [MINIMAL, rich, "spec: {}", "spec: {domain: {devices: {interfaces: [{name: a, masquerade: {}, ports: [{port: 1}]}]}}, networks: [{name: a, pod: {}}]}"] {
+        for text in [MINIMAL, rich, "spec: {}", "spec: {domain: {firmware: {bootloader: {efi: {}}}}}", "spec: {domain: {devices: {interfaces: [{name: a, masquerade: {}, ports: [{port: 1}]}]}}, networks: [{name: a, pod: {}}]}"] {
             let once = defaulted(text);
             let mut twice = once.clone();
             apply(&mut twice);

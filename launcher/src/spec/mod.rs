@@ -35,10 +35,11 @@ impl std::fmt::Display for Problem {
 pub enum SpecError {
     #[error("no VMI given: pass --vmi FILE (or --vmi - for standard input, or set LAUNCHER_VMI)")]
     NoVmi,
-    #[error("reading the VMI from {path}: {source}")]
+    /// `error` is not a `source`: the message already carries it, and `{:#}` would repeat it.
+    #[error("reading the VMI from {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("{origin}: {message}")]
     Syntax { origin: String, message: String },
@@ -73,14 +74,11 @@ fn format_problems(problems: &[Problem]) -> String {
     s
 }
 
+/// Every spec error is the user's input (or its absence): exit 2. A VMI file that cannot be read
+/// (missing, unreadable) is a usage error too: the path is named in the message.
 impl Classify for SpecError {
     fn exit_kind(&self) -> ExitKind {
-        match self {
-            SpecError::Read { source, .. } if source.kind() == std::io::ErrorKind::NotFound => {
-                ExitKind::InvalidSpec
-            }
-            _ => ExitKind::InvalidSpec,
-        }
+        ExitKind::InvalidSpec
     }
 }
 
@@ -119,12 +117,16 @@ impl Loaded {
         defaults::apply(&mut vmi);
         let mut problems = self.wrapper_problems.clone();
         if let Err(found) = validate::validate(&vmi) {
-            problems.extend(found.into_iter().map(|p| Problem {
-                path: self.file_path(&p.path),
-                message: p.message,
-            }));
+            problems.extend(found.into_iter().map(|p| self.in_file(p)));
         }
         (vmi, problems)
+    }
+
+    fn in_file(&self, p: Problem) -> Problem {
+        Problem {
+            path: self.file_path(&p.path),
+            message: p.message,
+        }
     }
 }
 
@@ -139,15 +141,15 @@ pub fn load_path(path: &Path) -> Result<Loaded, SpecError> {
         let mut text = String::new();
         std::io::stdin()
             .read_to_string(&mut text)
-            .map_err(|source| SpecError::Read {
+            .map_err(|error| SpecError::Read {
                 path: "<stdin>".into(),
-                source,
+                error,
             })?;
         parse_str(&text, "<stdin>")
     } else {
-        let text = std::fs::read_to_string(path).map_err(|source| SpecError::Read {
+        let text = std::fs::read_to_string(path).map_err(|error| SpecError::Read {
             path: path.to_path_buf(),
-            source,
+            error,
         })?;
         parse_str(&text, &path.display().to_string())
     }
@@ -166,6 +168,10 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Loaded, SpecError> {
                     loc.column(),
                     strip_location(&e.to_string())
                 ),
+                None if e.to_string().contains("more than one document") => {
+                    "holds more than one YAML document: give one VirtualMachineInstance per file"
+                        .to_string()
+                }
                 None => format!("YAML syntax error: {e}"),
             },
         })?;
@@ -190,7 +196,7 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Loaded, SpecError> {
     let vmi = result.map_err(|e| SpecError::Type {
         origin: origin.to_string(),
         path: prefixed(json_path(&track.path().to_string())),
-        message: e.to_string(),
+        message: humanize_type_error(&e.to_string()),
     })?;
     Ok(Loaded {
         vmi,
@@ -199,6 +205,27 @@ pub fn parse_str(text: &str, origin: &str) -> Result<Loaded, SpecError> {
         path_prefix: prefix,
         wrapper_problems: problems,
     })
+}
+
+/// serde's type errors name Rust types (`expected u32`, `expected struct Cpu`); say what a
+/// manifest author would call them.
+fn humanize_type_error(msg: &str) -> String {
+    let mut out = msg.to_string();
+    for (rust, human) in [
+        ("expected u32", "expected a whole number (0 or more)"),
+        ("expected u64", "expected a whole number (0 or more)"),
+        ("expected i64", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        ("expected a sequence", "expected a list"),
+        ("expected a map", "expected an object"),
+    ] {
+        out = out.replace(rust, human);
+    }
+    if let Some(i) = out.find("expected struct ") {
+        out.truncate(i);
+        out.push_str("expected an object");
+    }
+    out
 }
 
 fn strip_location(msg: &str) -> String {
@@ -352,6 +379,7 @@ pub fn load_for_run(g: &GlobalArgs) -> Result<Vmi, SpecError> {
 }
 
 /// `launcher validate [--strict]`: exit 0 with one line, or exit 2 listing every problem.
+/// `--strict` also lists the fields this launcher does not know (otherwise ignored).
 pub fn cmd_validate(g: &GlobalArgs, args: &ValidateArgs) -> anyhow::Result<u8> {
     let loaded = load_from_args(g)?;
     let (vmi, mut problems) = loaded.default_and_validate();
@@ -422,7 +450,52 @@ mod tests {
     fn type_errors_name_the_path() {
         let text = "spec:\n  domain:\n    cpu:\n      cores: many\n";
         let msg = parse_str(text, "t").unwrap_err().to_string();
-        assert!(msg.contains("spec.domain.cpu.cores"), "{msg}");
+        assert_eq!(
+            msg,
+            "t: spec.domain.cpu.cores: invalid type: string \"many\", expected a whole number (0 or more)"
+        );
+        let msg = parse_str("spec: {domain: {cpu: 3}}", "t")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            msg,
+            "t: spec.domain.cpu: invalid type: integer `3`, expected an object"
+        );
+        let msg = parse_str("spec: {volumes: {}}", "t")
+            .unwrap_err()
+            .to_string();
+        assert!(msg.ends_with("expected a list"), "{msg}");
+    }
+
+    #[test]
+    fn several_documents_are_refused_plainly() {
+        let msg = parse_str(
+            "---\nkind: VirtualMachineInstance\n---\nkind: VirtualMachineInstance\n",
+            "t",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(
+            msg,
+            "t: holds more than one YAML document: give one VirtualMachineInstance per file"
+        );
+    }
+
+    #[test]
+    fn read_errors_name_the_path_once() {
+        let err = load_path(Path::new("/nonexistent/v.yaml")).unwrap_err();
+        let chain = format!("{:#}", anyhow::Error::from(err));
+        assert_eq!(chain.matches("No such file").count(), 1, "{chain}");
+        assert!(
+            chain.starts_with("reading the VMI from /nonexistent/v.yaml: "),
+            "{chain}"
+        );
+    }
+
+    #[test]
+    fn an_empty_document_is_refused_plainly() {
+        let msg = parse_str("", "t").unwrap_err().to_string();
+        assert!(msg.contains("found an empty document"), "{msg}");
     }
 
     /// Every field KubeVirt users write, spelled as KubeVirt spells it: none may be "unknown"

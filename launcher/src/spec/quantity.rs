@@ -15,8 +15,6 @@
 //! `500m` is 1 whole unit, `1.5` bytes is 2 bytes. Negative quantities are refused: no
 //! resource this launcher reads can be negative.
 
-use std::fmt;
-
 /// Why a quantity was refused. Every message names the offending text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantityError {
@@ -64,15 +62,6 @@ impl Quantity {
     /// True when the quantity is exactly zero.
     pub fn is_zero(&self) -> bool {
         self.num == 0
-    }
-}
-
-impl fmt::Display for Quantity {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self.to_units_ceil() {
-            Some(v) => write!(f, "{v}"),
-            None => write!(f, "(too large)"),
-        }
     }
 }
 
@@ -385,5 +374,39 @@ mod tests {
         assert_eq!(format_bytes(1536 << 20), "1536Mi");
         assert_eq!(format_bytes(1_024_000_000), "1000000Ki");
         assert_eq!(format_bytes(100), "100");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn binary_suffixes_multiply_exactly(n in 0u64..(1 << 20), i in 0usize..5) {
+            let (suffix, shift) = [("Ki", 10), ("Mi", 20), ("Gi", 30), ("Ti", 40), ("Pi", 50)][i];
+            let expected = n.checked_shl(shift).filter(|v| v >> shift == n);
+            proptest::prop_assert_eq!(parse_bytes(&format!("{n}{suffix}")).ok(), expected);
+        }
+
+        #[test]
+        fn formatted_bytes_parse_back(b in proptest::prelude::any::<u64>()) {
+            proptest::prop_assert_eq!(parse_bytes(&format_bytes(b)), Ok(b));
+        }
+
+        #[test]
+        fn millis_are_a_thousand_times_units_rounded_up(m in 0u64..10_000_000) {
+            let text = format!("{m}m");
+            proptest::prop_assert_eq!(parse_millis(&text), Ok(m));
+            proptest::prop_assert_eq!(parse_bytes(&text), Ok(m.div_ceil(1000)));
+        }
+
+        #[test]
+        fn decimal_and_exponent_forms_agree(n in 0u64..1_000_000, e in 0u32..9) {
+            let exp = parse_bytes(&format!("{n}e{e}"));
+            let plain = n.checked_mul(10u64.pow(e)).ok_or(());
+            proptest::prop_assert_eq!(exp.map_err(|_| ()), plain);
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(s in "\\PC{0,12}") {
+            let _ = parse_bytes(&s);
+            let _ = parse_millis(&s);
+        }
     }
 }

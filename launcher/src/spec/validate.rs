@@ -10,8 +10,9 @@
 //! - the VMI is invalid (KubeVirt's admission webhook would refuse it too), e.g. an interface
 //!   without a network of the same name;
 //! - the VMI asks for something this launcher cannot provide inside a pod (GPUs, host devices,
-//!   DRA claims, confidential computing, non-amd64 guests, sound, virtiofs, USB redirection).
-//!   Those messages say "... is not supported by this launcher: <why>".
+//!   DRA claims, confidential computing, non-amd64 guests, virtiofs, USB redirection, hotplug,
+//!   persistent TPM/EFI state, ...). Those messages say "... is not supported by this launcher:
+//!   <why>".
 //!
 //! The full list of rules is in `docs/spec.md`; every rule has a failing and a passing unit
 //! test below.
@@ -42,6 +43,9 @@ pub const INTERFACE_MODELS: &[&str] = &[
 
 /// KubeVirt's annotation for hook sidecars (containers that rewrite the domain).
 pub const HOOK_SIDECARS_ANNOTATION: &str = "hooks.kubevirt.io/hookSidecars";
+
+/// The most vCPUs a VMI may have.
+pub const MAX_VCPUS: u64 = 1024;
 
 /// The MAC this launcher reserves for its own use (never a guest's).
 pub const RESERVED_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0];
@@ -88,7 +92,7 @@ impl Validator {
                 format!("metadata.annotations[{}]", q(HOOK_SIDECARS_ANNOTATION)),
                 not_supported(
                     "a hook sidecar",
-                    "it has no hook sidecar protocol, so the hook's changes to the VM would be silently lost",
+                    "it does not run hook sidecars, so the hook's changes to the VM would be silently lost",
                 ),
             );
         }
@@ -105,6 +109,22 @@ impl Validator {
                 ),
             ),
             Some(_) => {}
+        }
+        if let Some(uid) = m.uid.as_deref() {
+            if uid.is_empty()
+                || uid == "."
+                || uid == ".."
+                || uid.contains('/')
+                || uid.contains('\0')
+            {
+                self.push(
+                    "metadata.uid",
+                    format!(
+                        "{} cannot name a directory (no '/', not \".\" or \"..\")",
+                        q(uid)
+                    ),
+                );
+            }
         }
         if let Some(ns) = m.namespace.as_deref() {
             if !is_dns1123_label(ns) {
@@ -192,12 +212,17 @@ impl Validator {
             }
         }
         if let Some(p) = d.io_threads_policy.as_deref() {
-            one_of(
-                self,
-                "spec.domain.ioThreadsPolicy",
-                p,
-                &["shared", "auto", "supplementalPool"],
-            );
+            if p == "supplementalPool" {
+                self.push(
+                    "spec.domain.ioThreadsPolicy",
+                    not_supported(
+                        "\"supplementalPool\"",
+                        "it does not size IOThread pools; use \"shared\" or \"auto\"",
+                    ),
+                );
+            } else {
+                one_of(self, "spec.domain.ioThreadsPolicy", p, &["shared", "auto"]);
+            }
         }
         self.resources_and_memory(d);
         self.cpu(d);
@@ -302,10 +327,17 @@ impl Validator {
             }
             if let Some(max) = mem.max_guest.as_deref() {
                 if let Some(m) = self.bytes("spec.domain.memory.maxGuest", max) {
-                    if m < g {
+                    if m != g {
                         self.push(
                             "spec.domain.memory.maxGuest",
-                            format!("{} is less than the guest memory {}", q(max), q(text)),
+                            not_supported(
+                                &format!(
+                                    "memory hotplug (maxGuest {} with guest {})",
+                                    q(max),
+                                    q(text)
+                                ),
+                                "leave maxGuest out or make it equal to guest",
+                            ),
                         );
                     }
                 }
@@ -350,12 +382,44 @@ impl Validator {
             }
         }
         if let (Some(max), Some(s)) = (c.max_sockets, c.sockets) {
-            if max < s {
+            if max != s {
                 self.push(
                     "spec.domain.cpu.maxSockets",
-                    format!("{max} is less than sockets ({s})"),
+                    not_supported(
+                        &format!("CPU hotplug (maxSockets {max} with {s} sockets)"),
+                        "set maxSockets equal to sockets or leave it out",
+                    ),
                 );
             }
+        }
+        let vcpus = u64::from(c.sockets.unwrap_or(1))
+            * u64::from(c.cores.unwrap_or(1))
+            * u64::from(c.threads.unwrap_or(1));
+        if vcpus > MAX_VCPUS {
+            self.push(
+                "spec.domain.cpu",
+                format!(
+                    "sockets × cores × threads = {vcpus} vCPUs, more than the {MAX_VCPUS} a q35 machine takes"
+                ),
+            );
+        }
+        if c.numa.is_some() {
+            self.push(
+                "spec.domain.cpu.numa",
+                not_supported(
+                    "guest NUMA passthrough",
+                    "it does not map the guest onto host NUMA nodes",
+                ),
+            );
+        }
+        if c.realtime.is_some() {
+            self.push(
+                "spec.domain.cpu.realtime",
+                not_supported(
+                    "realtime vCPU tuning",
+                    "it does not tune realtime scheduling",
+                ),
+            );
         }
         for (i, f) in c.features.iter().enumerate() {
             let p = format!("spec.domain.cpu.features[{i}]");
@@ -416,11 +480,40 @@ impl Validator {
                 );
             }
         }
+        if fw.acpi.is_some() {
+            self.push(
+                "spec.domain.firmware.acpi",
+                not_supported(
+                    "a custom ACPI table (SLIC/MSDM)",
+                    "it has no volume plumbing for ACPI tables",
+                ),
+            );
+        }
         if let Some(bl) = &fw.bootloader {
+            if bl.efi.as_ref().and_then(|e| e.persistent) == Some(true) {
+                self.push(
+                    "spec.domain.firmware.bootloader.efi.persistent",
+                    not_supported(
+                        "a persistent EFI variable store",
+                        "they need a backend-storage PVC, which a launcher pod does not have",
+                    ),
+                );
+            }
             if bl.bios.is_some() && bl.efi.is_some() {
                 self.push(
                     "spec.domain.firmware.bootloader",
                     "sets both bios and efi: choose one",
+                );
+            }
+            let acpi_off = d
+                .features
+                .as_ref()
+                .and_then(|f| f.acpi.as_ref())
+                .is_some_and(|a| a.enabled == Some(false));
+            if bl.efi.is_some() && acpi_off {
+                self.push(
+                    "spec.domain.features.acpi.enabled",
+                    "is false, but EFI firmware needs ACPI on x86_64: enable ACPI or boot with BIOS",
                 );
             }
             if let Some(efi) = &bl.efi {
@@ -431,8 +524,8 @@ impl Validator {
                     .is_some_and(|s| s.enabled != Some(false));
                 if efi.secure_boot != Some(false) && !smm_on {
                     self.push(
-                        "spec.domain.firmware.bootloader.efi.secureBoot",
-                        "is true (the default with efi) but SMM is disabled, and secure boot requires SMM: set spec.domain.features.smm: {} or secureBoot: false",
+                        "spec.domain.features.smm.enabled",
+                        "is false, but EFI secure boot (on by default with efi) requires SMM: enable SMM or set spec.domain.firmware.bootloader.efi.secureBoot: false",
                     );
                 }
             }
@@ -469,7 +562,11 @@ impl Validator {
                         ("initrdPath", &c.initrd_path),
                     ] {
                         if let Some(path) = v.as_deref() {
-                            self.abs_path(&format!("{p}.container.{field}"), path);
+                            let fp = format!("{p}.container.{field}");
+                            self.abs_path(&fp, path);
+                            if path.ends_with('/') {
+                                self.push(&fp, format!("{} has no file name", q(path)));
+                            }
                         }
                     }
                 }
@@ -485,30 +582,47 @@ impl Validator {
             );
         }
     }
-
     fn features(&mut self, d: &DomainSpec) {
-        let Some(h) = d.features.as_ref().and_then(|f| f.hyperv.as_ref()) else {
+        let Some(f) = &d.features else { return };
+        if f.hyperv.is_some()
+            && f.hyperv_passthrough
+                .as_ref()
+                .is_some_and(|p| p.enabled != Some(false))
+        {
+            self.push(
+                "spec.domain.features.hypervPassthrough",
+                "cannot be combined with spec.domain.features.hyperv: choose one",
+            );
+        }
+        let Some(h) = &f.hyperv else {
             return;
         };
         if let Some(s) = &h.spinlocks {
             if s.enabled != Some(false) {
                 if let Some(n) = s.spinlocks {
-                    if n < 4096 {
+                    if n < 4095 {
                         self.push(
                             "spec.domain.features.hyperv.spinlocks.spinlocks",
                             format!(
-                                "{n} is less than 4096, the smallest retry count Hyper-V accepts"
+                                "{n} is less than 4095, the smallest retry count Hyper-V accepts"
                             ),
                         );
                     }
                 }
             }
         }
-        if let Some(v) = h.vendorid.as_ref().and_then(|v| v.vendorid.as_deref()) {
-            if v.len() > 12 {
+        if let Some(v) = h.vendorid.as_ref().filter(|v| v.enabled != Some(false)) {
+            let id = v.vendorid.as_deref().unwrap_or("");
+            if id.is_empty()
+                || id.len() > 12
+                || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            {
                 self.push(
                     "spec.domain.features.hyperv.vendorid.vendorid",
-                    format!("{} is longer than 12 characters", q(v)),
+                    format!(
+                        "{} is not a vendor id (1 to 12 letters, digits or '_')",
+                        q(id)
+                    ),
                 );
             }
         }
@@ -522,11 +636,22 @@ impl Validator {
                 "sets both utc and timezone: choose one",
             );
         }
-        if c.timezone.as_deref() == Some("") {
-            self.push(
-                "spec.domain.clock.timezone",
-                "is empty: give a time zone such as \"Europe/Berlin\"",
-            );
+        if let Some(tz) = c.timezone.as_deref() {
+            let ok = !tz.is_empty()
+                && !tz.starts_with('/')
+                && !tz.split('/').any(|p| p == ".." || p == ".")
+                && tz
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "/_+-".contains(c));
+            if !ok {
+                self.push(
+                    "spec.domain.clock.timezone",
+                    format!(
+                        "{} is not a time zone name such as \"Europe/Berlin\"",
+                        q(tz)
+                    ),
+                );
+            }
         }
         let Some(t) = &c.timer else { return };
         let timers: [(&str, &Option<Timer>, &[&str]); 5] = [
@@ -591,11 +716,17 @@ impl Validator {
                 ),
             );
         }
-        if dev.sound.is_some() {
-            self.push(
-                format!("{base}.sound"),
-                not_supported("a sound device", "a launcher pod has no audio backend"),
-            );
+        if let Some(sound) = &dev.sound {
+            match sound.get("model") {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(m)) => {
+                    one_of(self, &format!("{base}.sound.model"), m, &["ich9", "ac97"]);
+                }
+                Some(other) => self.push(
+                    format!("{base}.sound.model"),
+                    format!("{other} is not a sound model: use \"ich9\" or \"ac97\""),
+                ),
+            }
         }
         for (i, _) in dev.filesystems.iter().enumerate() {
             self.push(
@@ -607,12 +738,12 @@ impl Validator {
             );
         }
         if let Some(tpm) = &dev.tpm {
-            if tpm.enabled != Some(false) {
+            if tpm.enabled != Some(false) && tpm.persistent == Some(true) {
                 self.push(
-                    format!("{base}.tpm"),
+                    format!("{base}.tpm.persistent"),
                     not_supported(
-                        "a TPM",
-                        "it does not run swtpm, the software TPM KubeVirt uses (set enabled: false or remove tpm)",
+                        "a persistent TPM",
+                        "it needs a backend-storage PVC, which a launcher pod does not have",
                     ),
                 );
             }
@@ -800,6 +931,58 @@ impl Validator {
                     self.push(format!("{p}.secret.secretName"), "is required");
                 }
             }
+            if v.sysprep.is_some() {
+                self.push(
+                    format!("{p}.sysprep"),
+                    not_supported(
+                        "a sysprep volume",
+                        "it does not build Windows answer-file media",
+                    ),
+                );
+            }
+            if v.memory_dump.is_some() {
+                self.push(
+                    format!("{p}.memoryDump"),
+                    not_supported(
+                        "a memory dump volume",
+                        "memory dumps are requested through the KubeVirt API, which a launcher pod does not serve",
+                    ),
+                );
+            }
+            for (field, label) in [
+                (
+                    "configMap",
+                    v.config_map
+                        .as_ref()
+                        .and_then(|c| c.volume_label.as_deref()),
+                ),
+                (
+                    "secret",
+                    v.secret.as_ref().and_then(|c| c.volume_label.as_deref()),
+                ),
+                (
+                    "downwardAPI",
+                    v.downward_api
+                        .as_ref()
+                        .and_then(|c| c.volume_label.as_deref()),
+                ),
+            ] {
+                if let Some(l) = label {
+                    let ok = !l.is_empty()
+                        && l.len() <= 32
+                        && l.chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "_-".contains(c));
+                    if !ok {
+                        self.push(
+                            format!("{p}.{field}.volumeLabel"),
+                            format!(
+                                "{} is not an ISO label (1 to 32 letters, digits, _ or -)",
+                                q(l)
+                            ),
+                        );
+                    }
+                }
+            }
             if let Some(c) = &v.service_account {
                 if c.service_account_name.is_empty() {
                     self.push(
@@ -917,6 +1100,25 @@ impl Validator {
             }
             if let Some(t) = &d.disk {
                 self.bus(&format!("{p}.disk.bus"), t.bus.as_deref(), "disk");
+                let pvc_read_only = s
+                    .volumes
+                    .iter()
+                    .find(|v| v.name == d.name)
+                    .and_then(|v| v.persistent_volume_claim.as_ref())
+                    .is_some_and(|c| c.read_only == Some(true));
+                if t.bus.as_deref() == Some("sata") && (t.readonly == Some(true) || pvc_read_only) {
+                    self.push(
+                        format!("{p}.disk.readonly"),
+                        format!(
+                            "{}: libvirt cannot make a SATA hard disk read-only; use bus virtio or scsi, or a cdrom",
+                            if pvc_read_only && t.readonly != Some(true) {
+                                "the disk's claim is readOnly"
+                            } else {
+                                "is true"
+                            }
+                        ),
+                    );
+                }
                 if let Some(addr) = t.pci_address.as_deref() {
                     self.pci_address(&format!("{p}.disk.pciAddress"), addr);
                     if t.bus.as_deref().is_some_and(|b| b != "virtio") {
@@ -938,6 +1140,88 @@ impl Validator {
             }
             if let Some(t) = &d.lun {
                 self.bus(&format!("{p}.lun.bus"), t.bus.as_deref(), "lun");
+                if t.reservation == Some(true) {
+                    self.push(
+                        format!("{p}.lun.reservation"),
+                        not_supported(
+                            "SCSI persistent reservation",
+                            "it does not run qemu-pr-helper",
+                        ),
+                    );
+                }
+                let kind = s
+                    .volumes
+                    .iter()
+                    .find(|v| v.name == d.name)
+                    .and_then(|v| v.kind());
+                if let Some(k) = kind {
+                    if !matches!(
+                        k,
+                        VolumeKind::PersistentVolumeClaim | VolumeKind::DataVolume
+                    ) {
+                        self.push(
+                            format!("{p}.lun"),
+                            format!(
+                                "needs a block-mode persistentVolumeClaim or dataVolume, and volume {} is a {}",
+                                q(&d.name),
+                                kind_name(k)
+                            ),
+                        );
+                    }
+                }
+            }
+            if d.shareable == Some(true) && d.cache.as_deref().is_some_and(|c| c != "none") {
+                self.push(
+                    format!("{p}.shareable"),
+                    format!(
+                        "needs cache \"none\", and the cache is {}",
+                        q(d.cache.as_deref().unwrap_or(""))
+                    ),
+                );
+            }
+            if d.io.as_deref() == Some("native") && d.cache.as_deref().is_some_and(|c| c != "none")
+            {
+                self.push(
+                    format!("{p}.io"),
+                    format!(
+                        "\"native\" needs cache \"none\", and the cache is {}",
+                        q(d.cache.as_deref().unwrap_or(""))
+                    ),
+                );
+            }
+            if d.dedicated_io_thread == Some(true) {
+                let bus = d.disk.as_ref().and_then(|t| t.bus.as_deref());
+                if bus != Some("virtio") {
+                    self.push(
+                        format!("{p}.dedicatedIOThread"),
+                        "is only possible for a virtio disk (disk.bus: virtio)",
+                    );
+                }
+            }
+            if let Some(bs) = &d.block_size {
+                match bs.get("custom") {
+                    None => self.push(
+                        format!("{p}.blockSize"),
+                        not_supported(
+                            "a matchVolume block size",
+                            "it does not probe the volume; give blockSize.custom",
+                        ),
+                    ),
+                    Some(custom) => {
+                        for k in ["logical", "physical"] {
+                            let ok = custom
+                                .get(k)
+                                .and_then(|v| v.as_u64())
+                                .is_some_and(|v| v.is_power_of_two() && (512..=65536).contains(&v));
+                            if !ok {
+                                self.push(
+                                    format!("{p}.blockSize.custom.{k}"),
+                                    "must be a power of two from 512 to 65536",
+                                );
+                            }
+                        }
+                    }
+                }
             }
             if let Some(c) = d.cache.as_deref() {
                 one_of(
@@ -968,12 +1252,12 @@ impl Validator {
                     && serial.len() <= 36
                     && serial
                         .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || "_.+-".contains(c));
+                        .all(|c| c.is_ascii_alphanumeric() || " _.+-".contains(c));
                 if !ok {
                     self.push(
                         format!("{p}.serial"),
                         format!(
-                            "{} is not a disk serial (1 to 36 of A-Z a-z 0-9 _ . + -)",
+                            "{} is not a disk serial (1 to 36 letters, digits, spaces or _ . + -)",
                             q(serial)
                         ),
                     );
@@ -1781,7 +2065,7 @@ mod tests {
         bad(
             json!({"metadata": {"annotations": {"hooks.kubevirt.io/hookSidecars": "[]"}}}),
             "metadata.annotations[\"hooks.kubevirt.io/hookSidecars\"]",
-            "hook sidecar is not supported by this launcher",
+            "a hook sidecar is not supported by this launcher",
         );
         good(json!({"metadata": {"annotations": {"other": "x"}}}));
     }
@@ -1805,7 +2089,13 @@ mod tests {
             "spec.domain.ioThreadsPolicy",
             "\"many\" is not allowed",
         );
+        bad(
+            json!({"spec": {"domain": {"ioThreadsPolicy": "supplementalPool"}}}),
+            "spec.domain.ioThreadsPolicy",
+            "is not supported by this launcher",
+        );
         good(json!({"spec": {"domain": {"ioThreadsPolicy": "auto"}}}));
+        good(json!({"spec": {"domain": {"ioThreadsPolicy": "shared"}}}));
     }
 
     #[test]
@@ -1882,13 +2172,9 @@ mod tests {
     }
 
     #[test]
-    fn max_guest_is_at_least_guest() {
-        bad(
-            json!({"spec": {"domain": {"memory": {"guest": "1Gi", "maxGuest": "512Mi"}}}}),
-            "spec.domain.memory.maxGuest",
-            "less than the guest memory",
-        );
-        good(json!({"spec": {"domain": {"memory": {"guest": "1Gi", "maxGuest": "4Gi"}}}}));
+    fn memory_hotplug_is_refused() {
+        bad(json!({"spec": {"domain": {"memory": {"guest": "1Gi", "maxGuest": "4Gi"}}}}), "spec.domain.memory.maxGuest", "memory hotplug (maxGuest \"4Gi\" with guest \"1Gi\") is not supported by this launcher");
+        good(json!({"spec": {"domain": {"memory": {"guest": "1Gi", "maxGuest": "1024Mi"}}}}));
     }
 
     #[test]
@@ -1914,7 +2200,7 @@ mod tests {
     }
 
     #[test]
-    fn cpu_counts_are_positive_and_max_sockets_covers_sockets() {
+    fn cpu_counts_are_positive_and_cpu_hotplug_is_refused() {
         // 0 means unset for defaults; validation alone (no defaults) refuses it.
         let mut vmi = Vmi::default();
         vmi.spec.domain.cpu = Some(Cpu {
@@ -1927,12 +2213,12 @@ mod tests {
             "{p:#?}"
         );
         bad(
-            json!({"spec": {"domain": {"cpu": {"sockets": 4, "maxSockets": 2}}}}),
+            json!({"spec": {"domain": {"cpu": {"sockets": 4, "maxSockets": 8}}}}),
             "spec.domain.cpu.maxSockets",
-            "2 is less than sockets (4)",
+            "CPU hotplug (maxSockets 8 with 4 sockets) is not supported by this launcher",
         );
         good(
-            json!({"spec": {"domain": {"cpu": {"sockets": 2, "maxSockets": 4, "cores": 2, "threads": 2}}}}),
+            json!({"spec": {"domain": {"cpu": {"sockets": 2, "maxSockets": 2, "cores": 2, "threads": 2}}}}),
         );
     }
 
@@ -2004,20 +2290,37 @@ mod tests {
     #[test]
     fn secure_boot_requires_smm() {
         bad(
-            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}}}}),
-            "spec.domain.firmware.bootloader.efi.secureBoot",
-            "secure boot requires SMM",
-        );
-        bad(
             json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {"secureBoot": true}}}, "features": {"smm": {"enabled": false}}}}}),
-            "spec.domain.firmware.bootloader.efi.secureBoot",
+            "spec.domain.features.smm.enabled",
             "requires SMM",
         );
+        bad(
+            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}, "features": {"smm": {"enabled": false}}}}}),
+            "spec.domain.features.smm.enabled",
+            "on by default with efi",
+        );
+        // SMM absent: turned on by the defaults.
+        good(json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}}}}));
         good(
             json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {}}}, "features": {"smm": {}}}}}),
         );
         good(
-            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {"secureBoot": false}}}}}}),
+            json!({"spec": {"domain": {"firmware": {"bootloader": {"efi": {"secureBoot": false}}}, "features": {"smm": {"enabled": false}}}}}),
+        );
+        // Validation alone (no defaults) refuses secure boot without SMM, as KubeVirt does.
+        let mut vmi = Vmi::default();
+        vmi.spec.domain.firmware = Some(Firmware {
+            bootloader: Some(Bootloader {
+                efi: Some(Efi::default()),
+                bios: None,
+            }),
+            ..Firmware::default()
+        });
+        let p = validate(&vmi).unwrap_err();
+        assert!(
+            p.iter()
+                .any(|p| p.path == "spec.domain.features.smm.enabled"),
+            "{p:#?}"
         );
     }
 
@@ -2063,6 +2366,11 @@ mod tests {
             "spec.domain.firmware.kernelBoot.kernelArgs",
             "needs a kernel",
         );
+        bad(
+            kb(json!({"image": "k:1", "kernelPath": "/boot/"}), Value::Null),
+            "spec.domain.firmware.kernelBoot.container.kernelPath",
+            "has no file name",
+        );
         good(kb(
             json!({"image": "k:1", "kernelPath": "/boot/vmlinuz", "initrdPath": "/boot/initrd"}),
             json!("console=ttyS0"),
@@ -2074,12 +2382,12 @@ mod tests {
         bad(
             json!({"spec": {"domain": {"features": {"hyperv": {"spinlocks": {"spinlocks": 100}}}}}}),
             "spec.domain.features.hyperv.spinlocks.spinlocks",
-            "100 is less than 4096",
+            "100 is less than 4095",
         );
         bad(
             json!({"spec": {"domain": {"features": {"hyperv": {"vendorid": {"vendorid": "abcdefghijklm"}}}}}}),
             "spec.domain.features.hyperv.vendorid.vendorid",
-            "longer than 12",
+            "is not a vendor id",
         );
         good(
             json!({"spec": {"domain": {"features": {"hyperv": {"spinlocks": {"spinlocks": 8191}, "vendorid": {"vendorid": "KubeVirt"}}}}}}),
@@ -2093,13 +2401,31 @@ mod tests {
             "spec.domain.clock",
             "both utc and timezone",
         );
+        good(json!({"spec": {"domain": {"clock": {"timezone": "Europe/Berlin"}}}}));
+        good(json!({"spec": {"domain": {"clock": {"utc": {"offsetSeconds": 3600}}}}}));
+    }
+
+    #[test]
+    fn timezones_are_zone_names() {
         bad(
             json!({"spec": {"domain": {"clock": {"timezone": ""}}}}),
             "spec.domain.clock.timezone",
-            "is empty",
+            "\"\" is not a time zone name",
         );
-        good(json!({"spec": {"domain": {"clock": {"timezone": "Europe/Berlin"}}}}));
-        good(json!({"spec": {"domain": {"clock": {"utc": {"offsetSeconds": 3600}}}}}));
+        bad(
+            json!({"spec": {"domain": {"clock": {"timezone": "../../etc/passwd"}}}}),
+            "spec.domain.clock.timezone",
+            "is not a time zone name",
+        );
+        bad(
+            json!({"spec": {"domain": {"clock": {"timezone": "Europe/Berlin time"}}}}),
+            "spec.domain.clock.timezone",
+            "is not a time zone name",
+        );
+        good(
+            json!({"spec": {"domain": {"clock": {"timezone": "America/Argentina/Buenos_Aires"}}}}),
+        );
+        good(json!({"spec": {"domain": {"clock": {"timezone": "Etc/GMT+3"}}}}));
     }
 
     #[test]
@@ -2159,12 +2485,83 @@ mod tests {
     }
 
     #[test]
-    fn sound_is_refused() {
+    fn sound_models_are_ich9_or_ac97() {
         bad(
-            json!({"spec": {"domain": {"devices": {"sound": {"name": "s"}}}}}),
-            "spec.domain.devices.sound",
-            "not supported by this launcher",
+            json!({"spec": {"domain": {"devices": {"sound": {"name": "s", "model": "sb16"}}}}}),
+            "spec.domain.devices.sound.model",
+            "\"sb16\" is not allowed",
         );
+        bad(
+            json!({"spec": {"domain": {"devices": {"sound": {"name": "s", "model": 3}}}}}),
+            "spec.domain.devices.sound.model",
+            "is not a sound model",
+        );
+        good(json!({"spec": {"domain": {"devices": {"sound": {"name": "s"}}}}}));
+        good(json!({"spec": {"domain": {"devices": {"sound": {"name": "s", "model": "ac97"}}}}}));
+    }
+
+    #[test]
+    fn numa_and_realtime_are_refused() {
+        bad(
+            json!({"spec": {"domain": {"cpu": {"numa": {"guestMappingPassthrough": {}}}}}}),
+            "spec.domain.cpu.numa",
+            "is not supported by this launcher",
+        );
+        bad(
+            json!({"spec": {"domain": {"cpu": {"realtime": {}}}}}),
+            "spec.domain.cpu.realtime",
+            "is not supported by this launcher",
+        );
+    }
+
+    #[test]
+    fn vcpus_are_capped() {
+        bad(
+            json!({"spec": {"domain": {"cpu": {"sockets": 64, "cores": 32}}}}),
+            "spec.domain.cpu",
+            "2048 vCPUs",
+        );
+        good(json!({"spec": {"domain": {"cpu": {"sockets": 32, "cores": 32}}}}));
+    }
+
+    #[test]
+    fn custom_acpi_tables_and_persistent_efi_are_refused() {
+        bad(
+            json!({"spec": {"domain": {"firmware": {"acpi": {"slicNameRef": "x"}}}}}),
+            "spec.domain.firmware.acpi",
+            "is not supported by this launcher",
+        );
+        bad(
+            json!({"spec": {"domain": {"features": {"smm": {}}, "firmware": {"bootloader": {"efi": {"persistent": true}}}}}}),
+            "spec.domain.firmware.bootloader.efi.persistent",
+            "is not supported by this launcher",
+        );
+        good(
+            json!({"spec": {"domain": {"features": {"smm": {}}, "firmware": {"bootloader": {"efi": {"persistent": false}}}}}}),
+        );
+    }
+
+    #[test]
+    fn hyperv_and_hyperv_passthrough_do_not_mix() {
+        bad(
+            json!({"spec": {"domain": {"features": {"hyperv": {"relaxed": {}}, "hypervPassthrough": {}}}}}),
+            "spec.domain.features.hypervPassthrough",
+            "cannot be combined",
+        );
+        good(json!({"spec": {"domain": {"features": {"hypervPassthrough": {}}}}}));
+        good(
+            json!({"spec": {"domain": {"features": {"hyperv": {"relaxed": {}}, "hypervPassthrough": {"enabled": false}}}}}),
+        );
+    }
+
+    #[test]
+    fn metadata_uid_can_name_a_directory() {
+        bad(
+            json!({"metadata": {"uid": "../x"}}),
+            "metadata.uid",
+            "cannot name a directory",
+        );
+        good(json!({"metadata": {"uid": "2a9b6c3e-0000-4000-8000-000000000001"}}));
     }
 
     #[test]
@@ -2177,13 +2574,16 @@ mod tests {
     }
 
     #[test]
-    fn tpm_is_refused_unless_disabled() {
+    fn only_a_persistent_tpm_is_refused() {
         bad(
-            json!({"spec": {"domain": {"devices": {"tpm": {}}}}}),
-            "spec.domain.devices.tpm",
-            "swtpm",
+            json!({"spec": {"domain": {"devices": {"tpm": {"persistent": true}}}}}),
+            "spec.domain.devices.tpm.persistent",
+            "is not supported by this launcher",
         );
-        good(json!({"spec": {"domain": {"devices": {"tpm": {"enabled": false}}}}}));
+        good(json!({"spec": {"domain": {"devices": {"tpm": {}}}}}));
+        good(
+            json!({"spec": {"domain": {"devices": {"tpm": {"enabled": false, "persistent": true}}}}}),
+        );
     }
 
     #[test]
@@ -2291,7 +2691,9 @@ mod tests {
                     && p.message.contains("none of disk")),
             "{p:#?}"
         );
-        good(disk0(json!({"lun": {}})));
+        let mut p = disk0(json!({"lun": {}}));
+        merge(&mut p, vol0(json!({"dataVolume": {"name": "dv"}})));
+        good(p);
     }
 
     #[test]
@@ -2312,6 +2714,42 @@ mod tests {
     }
 
     #[test]
+    fn a_sata_disk_cannot_be_read_only() {
+        bad(
+            disk0(json!({"disk": {"bus": "sata", "readonly": true}})),
+            "spec.domain.devices.disks[0].disk.readonly",
+            "cannot make a SATA hard disk read-only",
+        );
+        let mut p = disk0(json!({})); // the default bus is sata
+        merge(
+            &mut p,
+            vol0(json!({"persistentVolumeClaim": {"claimName": "c", "readOnly": true}})),
+        );
+        bad(
+            p,
+            "spec.domain.devices.disks[0].disk.readonly",
+            "the disk's claim is readOnly",
+        );
+        good(disk0(json!({"disk": {"bus": "virtio", "readonly": true}})));
+        good(disk0(json!({"disk": {"bus": "sata", "readonly": false}})));
+    }
+
+    #[test]
+    fn efi_needs_acpi() {
+        bad(
+            json!({"spec": {"domain": {"features": {"acpi": {"enabled": false}}, "firmware": {"bootloader": {"efi": {"secureBoot": false}}}}}}),
+            "spec.domain.features.acpi.enabled",
+            "EFI firmware needs ACPI",
+        );
+        good(
+            json!({"spec": {"domain": {"features": {"acpi": {"enabled": false}}, "firmware": {"bootloader": {"bios": {}}}}}}),
+        );
+        good(
+            json!({"spec": {"domain": {"features": {"acpi": {}}, "firmware": {"bootloader": {"efi": {"secureBoot": false}}}}}}),
+        );
+    }
+
+    #[test]
     fn cdrom_cannot_use_virtio() {
         bad(
             disk0(json!({"cdrom": {"bus": "virtio"}})),
@@ -2328,7 +2766,12 @@ mod tests {
             "spec.domain.devices.disks[0].lun.bus",
             "cannot carry a LUN",
         );
-        good(disk0(json!({"lun": {"bus": "scsi"}})));
+        let mut p = disk0(json!({"lun": {"bus": "scsi"}}));
+        merge(
+            &mut p,
+            vol0(json!({"persistentVolumeClaim": {"claimName": "blk"}})),
+        );
+        good(p);
     }
 
     #[test]
@@ -2381,13 +2824,82 @@ mod tests {
             "\"panic\"",
         );
         bad(
-            disk0(json!({"serial": "has space"})),
+            disk0(json!({"serial": "a/b"})),
+            "spec.domain.devices.disks[0].serial",
+            "not a disk serial",
+        );
+        bad(
+            disk0(json!({"serial": "x".repeat(37)})),
             "spec.domain.devices.disks[0].serial",
             "not a disk serial",
         );
         good(disk0(
-            json!({"cache": "none", "io": "native", "errorPolicy": "report", "serial": "D-1.x_2+"}),
+            json!({"cache": "none", "io": "native", "errorPolicy": "report", "serial": "D-1.x_2+ 3"}),
         ));
+    }
+
+    #[test]
+    fn shareable_and_native_io_need_cache_none() {
+        bad(
+            disk0(json!({"shareable": true, "cache": "writeback"})),
+            "spec.domain.devices.disks[0].shareable",
+            "needs cache \"none\"",
+        );
+        bad(
+            disk0(json!({"io": "native", "cache": "writethrough"})),
+            "spec.domain.devices.disks[0].io",
+            "needs cache \"none\"",
+        );
+        good(disk0(
+            json!({"shareable": true, "cache": "none", "io": "native"}),
+        ));
+    }
+
+    #[test]
+    fn dedicated_io_threads_are_for_virtio_disks() {
+        bad(
+            disk0(json!({"dedicatedIOThread": true, "disk": {"bus": "sata"}})),
+            "spec.domain.devices.disks[0].dedicatedIOThread",
+            "virtio disk",
+        );
+        good(disk0(
+            json!({"dedicatedIOThread": true, "disk": {"bus": "virtio"}}),
+        ));
+    }
+
+    #[test]
+    fn block_sizes_are_custom_powers_of_two() {
+        bad(
+            disk0(json!({"blockSize": {"matchVolume": {}}})),
+            "spec.domain.devices.disks[0].blockSize",
+            "is not supported by this launcher",
+        );
+        bad(
+            disk0(json!({"blockSize": {"custom": {"logical": 500, "physical": 4096}}})),
+            "spec.domain.devices.disks[0].blockSize.custom.logical",
+            "power of two",
+        );
+        good(disk0(
+            json!({"blockSize": {"custom": {"logical": 512, "physical": 4096}}}),
+        ));
+    }
+
+    #[test]
+    fn lun_reservation_is_refused_and_a_lun_needs_a_claim() {
+        let mut with_pvc = disk0(json!({"lun": {"reservation": true}}));
+        merge(
+            &mut with_pvc,
+            vol0(json!({"persistentVolumeClaim": {"claimName": "blk"}})),
+        );
+        bad(
+            with_pvc,
+            "spec.domain.devices.disks[0].lun.reservation",
+            "is not supported by this launcher",
+        );
+        bad(disk0(json!({"lun": {}})), "spec.domain.devices.disks[0].lun", "needs a block-mode persistentVolumeClaim or dataVolume, and volume \"root\" is a containerDisk");
+        let mut p = disk0(json!({"lun": {}}));
+        merge(&mut p, vol0(json!({"dataVolume": {"name": "dv"}})));
+        good(p);
     }
 
     #[test]
@@ -2549,6 +3061,38 @@ mod tests {
         );
         good(vol0(
             json!({"hostDisk": {"path": "/var/data/d.img", "type": "DiskOrCreate", "capacity": "1Gi"}}),
+        ));
+    }
+
+    #[test]
+    fn sysprep_and_memory_dump_volumes_are_refused() {
+        bad(
+            vol0(json!({"sysprep": {"configMap": {"name": "x"}}})),
+            "spec.volumes[0].sysprep",
+            "is not supported by this launcher",
+        );
+        bad(
+            vol0(json!({"memoryDump": {"claimName": "x"}})),
+            "spec.volumes[0].memoryDump",
+            "is not supported by this launcher",
+        );
+    }
+
+    #[test]
+    fn volume_labels_are_iso_labels() {
+        let two = |v: Value| json!({"spec": {"volumes": [{"name": "root", "containerDisk": {"image": "a"}}, v]}});
+        bad(
+            two(json!({"name": "cm", "configMap": {"name": "c", "volumeLabel": "has space"}})),
+            "spec.volumes[1].configMap.volumeLabel",
+            "not an ISO label",
+        );
+        bad(
+            two(json!({"name": "s", "secret": {"secretName": "c", "volumeLabel": "x".repeat(33)}})),
+            "spec.volumes[1].secret.volumeLabel",
+            "not an ISO label",
+        );
+        good(two(
+            json!({"name": "cm", "configMap": {"name": "c", "volumeLabel": "CFG_data-1"}}),
         ));
     }
 

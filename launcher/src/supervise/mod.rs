@@ -60,7 +60,12 @@ pub fn cmd_run(g: &GlobalArgs, a: &RunArgs) -> anyhow::Result<u8> {
         .max_blocking_threads(4)
         .thread_stack_size(512 * 1024)
         .build()?;
-    rt.block_on(run(g, a, t0))
+    let result = rt.block_on(run(g, a, t0));
+    if let Err(e) = &result {
+        // Failures before supervision (invalid spec, missing file) also tell the pod why.
+        write_termination(&a.termination_log, &format!("{e:#}"));
+    }
+    result
 }
 
 /// Everything acquired so far, so that any failure undoes exactly what was done.
@@ -349,6 +354,11 @@ async fn bring_up(
     tokio::task::spawn_blocking(move || domain::disks::prepare(&steps))
         .await
         .map_err(|e| anyhow::anyhow!("disk preparation task: {e}"))??;
+
+    // The VMI's socket directory (serial console, guest agent): qemu binds sockets there.
+    let vmi_dir = domain::plan::vmi_run_dir(&g.run_dir, c.vmi);
+    std::fs::create_dir_all(&vmi_dir)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", vmi_dir.display()))?;
 
     sw.phase(Phase::Rendering);
     let xml = domain::render::render(&plan, g.template_dir.as_deref())?;

@@ -16,7 +16,7 @@ pub const STATUS_FILE: &str = "status.json";
 pub enum Phase {
     Validating,
     Cleanup,
-    Discovering,
+    /// Discover + plumb (net::setup does both).
     Plumbing,
     DhcpUp,
     PreparingDisks,
@@ -66,9 +66,9 @@ pub struct Status {
     pub libvirt_uri: Option<String>,
     #[serde(default)]
     pub accel: Option<String>,
-    /// Milliseconds each finished phase took, in order.
+    /// Microseconds each finished phase took, in order.
     #[serde(default)]
-    pub phase_ms: Vec<(Phase, u64)>,
+    pub phase_us: Vec<(Phase, u64)>,
     #[serde(default)]
     pub last_error: Option<String>,
     /// The exit code, once decided.
@@ -92,7 +92,7 @@ impl Status {
             qemu_log: None,
             libvirt_uri: None,
             accel: None,
-            phase_ms: Vec::new(),
+            phase_us: Vec::new(),
             last_error: None,
             exit_code: None,
             updated_at: 0,
@@ -120,11 +120,16 @@ impl StatusWriter {
 
     /// Ends the current phase (logging its duration) and starts `next`.
     pub fn phase(&mut self, next: Phase) {
-        let ms = self.phase_started.elapsed().as_millis() as u64;
         let prev = self.status.phase;
         let us = self.phase_started.elapsed().as_micros() as u64;
-        tracing::info!(phase = ?prev, duration_ms = ms, duration_us = us, next = ?next, "phase done");
-        self.status.phase_ms.push((prev, ms));
+        tracing::info!(
+            phase = ?prev,
+            duration_ms = us / 1000,
+            duration_us = us,
+            next = ?next,
+            "phase done"
+        );
+        self.status.phase_us.push((prev, us));
         self.status.phase = next;
         self.phase_started = Instant::now();
         self.write();
@@ -182,8 +187,8 @@ mod tests {
         let s = read(dir.path()).unwrap();
         assert_eq!(s.phase, Phase::Running);
         assert_eq!(s.qemu_pid, Some(42));
-        assert_eq!(s.phase_ms.len(), 2);
-        assert_eq!(s.phase_ms[0].0, Phase::Validating);
+        assert_eq!(s.phase_us.len(), 2);
+        assert_eq!(s.phase_us[0].0, Phase::Validating);
         // No temporary file is left behind.
         let names: Vec<_> = std::fs::read_dir(dir.path())
             .unwrap()
