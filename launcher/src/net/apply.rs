@@ -254,6 +254,26 @@ async fn run_step(h: &Handle, step: &Step, originals: &BTreeSet<u32>) -> Result<
             }
             Ok(())
         }
+        Step::TcIngress { link, filters } => {
+            let l = resolve(h, link).await?;
+            let mut names: Vec<(LinkRef, String)> = Vec::new();
+            for f in filters {
+                if let super::plan::TcFilter::RedirectTo { to } = f {
+                    names.push((to.clone(), resolve(h, to).await?.name));
+                }
+            }
+            let cmds = super::binding::tc_redirect::tc_ingress_commands(&l.name, filters, |r| {
+                names
+                    .iter()
+                    .find(|(k, _)| k == r)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default()
+            });
+            for c in cmds {
+                tc(&what, &c, false)?;
+            }
+            Ok(())
+        }
         Step::FlushRoutes { link } => {
             let l = resolve(h, link).await?;
             for r in routes_of(h, l.index).await? {
@@ -305,6 +325,9 @@ enum Undo {
     RestorePod {
         index: u32,
     },
+    DeleteClsact {
+        link: LinkRef,
+    },
 }
 
 fn undo_of(step: &Step) -> Option<Undo> {
@@ -338,6 +361,7 @@ fn undo_of(step: &Step) -> Option<Undo> {
         | Step::AddAddresses { link, .. }
         | Step::RemoveAddresses { link, .. }
         | Step::FlushRoutes { link } => pod(link),
+        Step::TcIngress { link, .. } => Some(Undo::DeleteClsact { link: link.clone() }),
     }
 }
 
@@ -381,6 +405,25 @@ pub async fn undo(h: &Handle, st: &RecordedState) -> Vec<NetError> {
                     if let Err(e) = write_sysctl(&path, v) {
                         errors.push(e);
                     }
+                }
+            }
+            Undo::DeleteClsact { link } => {
+                let found = match &link {
+                    LinkRef::Pod { index, .. } => link_by_index(h, *index).await,
+                    LinkRef::Created(name) => link_by_name(h, name).await,
+                };
+                match found {
+                    Ok(Some(l)) => {
+                        let args =
+                            ["qdisc", "del", "dev", l.name.as_str(), "clsact"].map(String::from);
+                        if let Err(e) =
+                            tc(&format!("deleting the clsact qdisc of {link}"), &args, true)
+                        {
+                            errors.push(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
                 }
             }
             Undo::RestorePod { index } => match st.pod.interfaces.iter().find(|i| i.index == index)
@@ -831,6 +874,41 @@ fn spawn_nft(what: &str, script: &str) -> Result<PendingNft, NetError> {
         child,
         what: what.to_string(),
     })
+}
+
+/// Runs `tc ARGS`. With `absent_ok`, "no such qdisc" counts as success (idempotent delete).
+fn tc(what: &str, args: &[String], absent_ok: bool) -> Result<(), NetError> {
+    let out = Command::new("tc")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                NetError::MissingTool {
+                    tool: "tc".into(),
+                    operation: what.to_string(),
+                    detail: "not found in PATH (install iproute2)".into(),
+                }
+            } else {
+                NetError::Io {
+                    operation: format!("{what}: running"),
+                    object: "tc".into(),
+                    source: e,
+                }
+            }
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if absent_ok && (err.contains("Cannot find specified qdisc") || err.contains("Invalid handle"))
+    {
+        return Ok(());
+    }
+    Err(NetError::Other(format!(
+        "{what}: `tc {}` failed: {err}",
+        args.join(" ")
+    )))
 }
 
 /// Runs `nft -f -` with `script` and waits for it.

@@ -181,6 +181,22 @@ pub enum Step {
     FlushRoutes {
         link: LinkRef,
     },
+    /// A `clsact` qdisc on `link` whose ingress carries exactly `filters` (filter *k* at
+    /// preference *k*+1); undone by deleting the qdisc. Used by the tc-redirect binding.
+    TcIngress {
+        link: LinkRef,
+        filters: Vec<TcFilter>,
+    },
+}
+
+/// One ingress filter of [`Step::TcIngress`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum TcFilter {
+    /// IPv4 UDP to `dport` (from `src_mac` when set) is not redirected: it stays on this link.
+    KeepLocalUdp { src_mac: Option<Mac>, dport: u16 },
+    /// Everything else goes to the egress of `to` (`mirred egress redirect`).
+    RedirectTo { to: LinkRef },
 }
 
 impl Step {
@@ -207,6 +223,7 @@ impl Step {
             Step::AddAddresses { link, .. } => format!("adding addresses to {link}"),
             Step::RemoveAddresses { link, .. } => format!("removing addresses from {link}"),
             Step::FlushRoutes { link } => format!("removing the routes of {link}"),
+            Step::TcIngress { link, .. } => format!("installing the ingress filters of {link}"),
         }
     }
 }
