@@ -254,6 +254,49 @@ async fn run_step(h: &Handle, step: &Step, originals: &BTreeSet<u32>) -> Result<
             }
             Ok(())
         }
+        Step::CreateMacvlan {
+            name,
+            lower,
+            mac,
+            mtu,
+            tap,
+        } => {
+            let kind = if *tap { "macvtap" } else { "macvlan" };
+            match link_by_name(h, name).await? {
+                Some(l) if originals.contains(&l.index) => Err(conflict(
+                    name,
+                    "is an original pod interface; cannot create a macvlan with its name",
+                )),
+                Some(l) if l.kind.as_deref() == Some(kind) => {
+                    ensure_mac_mtu(h, &l, *mac, *mtu, &what).await
+                }
+                Some(_) => Err(conflict(name, &format!("exists and is not a {kind}"))),
+                None => {
+                    use netlink_packet_route::link::{MacVlanMode, MacVtapMode};
+                    let low = resolve(h, lower).await?;
+                    let msg = if *tap {
+                        LinkMessageBuilder::<rtnetlink::LinkMacVtap>::new(name)
+                            .link(low.index)
+                            .mode(MacVtapMode::Bridge)
+                            .address(mac.0.to_vec())
+                            .mtu(*mtu)
+                            .build()
+                    } else {
+                        LinkMessageBuilder::<rtnetlink::LinkMacVlan>::new(name)
+                            .link(low.index)
+                            .mode(MacVlanMode::Bridge)
+                            .address(mac.0.to_vec())
+                            .mtu(*mtu)
+                            .build()
+                    };
+                    h.link()
+                        .add(msg)
+                        .execute()
+                        .await
+                        .map_err(|e| NetError::netlink(format!("creating {kind}"), q(name), e))
+                }
+            }
+        }
         Step::TcIngress { link, filters } => {
             let l = resolve(h, link).await?;
             let mut names: Vec<(LinkRef, String)> = Vec::new();
@@ -340,12 +383,12 @@ fn undo_of(step: &Step) -> Option<Undo> {
             family: family.clone(),
             name: name.clone(),
         }),
-        Step::CreateBridge { name, .. } | Step::CreateStandIn { name, .. } => {
-            Some(Undo::DeleteLink {
-                name: name.clone(),
-                tap_queues: None,
-            })
-        }
+        Step::CreateBridge { name, .. }
+        | Step::CreateStandIn { name, .. }
+        | Step::CreateMacvlan { name, .. } => Some(Undo::DeleteLink {
+            name: name.clone(),
+            tap_queues: None,
+        }),
         Step::CreateTap { name, queues, .. } => Some(Undo::DeleteLink {
             name: name.clone(),
             tap_queues: Some(*queues),

@@ -181,6 +181,14 @@ pub enum Step {
     FlushRoutes {
         link: LinkRef,
     },
+    /// A macvlan (with `tap`: a macvtap) in bridge mode on `lower`, with `mac` and `mtu`.
+    CreateMacvlan {
+        name: String,
+        lower: LinkRef,
+        mac: Mac,
+        mtu: u32,
+        tap: bool,
+    },
     /// A `clsact` qdisc on `link` whose ingress carries exactly `filters` (filter *k* at
     /// preference *k*+1); undone by deleting the qdisc. Used by the tc-redirect binding.
     TcIngress {
@@ -223,6 +231,12 @@ impl Step {
             Step::AddAddresses { link, .. } => format!("adding addresses to {link}"),
             Step::RemoveAddresses { link, .. } => format!("removing addresses from {link}"),
             Step::FlushRoutes { link } => format!("removing the routes of {link}"),
+            Step::CreateMacvlan {
+                name, lower, tap, ..
+            } => format!(
+                "creating {} {name:?} on {lower}",
+                if *tap { "macvtap" } else { "macvlan" }
+            ),
             Step::TcIngress { link, .. } => format!("installing the ingress filters of {link}"),
         }
     }

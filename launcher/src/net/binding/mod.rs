@@ -3,6 +3,7 @@
 //! undoes the steps. Adding a binding = adding `<name>.rs` and one arm in [`plan_interface`].
 
 pub mod bridge;
+pub mod macvtap;
 pub mod tc_redirect;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -44,6 +45,7 @@ pub struct BindingPlan {
 pub fn plan_interface(kind: &BindingKind, ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
     match kind {
         BindingKind::Bridge => bridge::plan(ctx),
+        BindingKind::Macvtap => macvtap::plan(ctx),
         BindingKind::TcRedirect => tc_redirect::plan(ctx),
         other => Err(NetError::UnsupportedBinding {
             path: ctx.path.clone(),
