@@ -693,3 +693,74 @@ fn macvtap_flannel_dhcp_ping_and_exact_restore() {
 fn macvtap_calico_dhcp_ping_and_exact_restore() {
     macvtap_end_to_end(Style::Calico);
 }
+
+/// tc-redirect: SIGKILL after every step (`LAUNCHER_FAULT_AFTER_STEP`), then a re-run
+/// converges and a teardown restores the snapshot exactly.
+#[test]
+fn tc_redirect_crash_after_every_step_converges_and_restores() {
+    support::require_root();
+    let sb = Sandbox::create(Style::Flannel);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("net-l2-crash-{}-", sb.name))
+        .tempdir()
+        .unwrap();
+    let vmi = dir.path().join("vmi.yaml");
+    std::fs::write(&vmi, TC_VMI).unwrap();
+    let run_dir = dir.path().join("run");
+    let before = sb.snapshot();
+    let bin = support::launcher_bin();
+    let launcher = |args: &[&str], fault: Option<usize>| {
+        let mut full = vec![bin.to_str().unwrap(), "network"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&[
+            "--vmi",
+            vmi.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ]);
+        let mut c = sb.exec_cmd(&full);
+        c.env("LAUNCHER_TC_REDIRECT_DEVICE", "tap0");
+        if let Some(n) = fault {
+            c.env("LAUNCHER_FAULT_AFTER_STEP", n.to_string());
+        }
+        c.output().expect("running launcher")
+    };
+    let steps = 10; // the tc-redirect plan with a tap stand-in (see the golden plan, minus create-tap)
+    for n in 0..=steps {
+        // The stand-in for the VM's tap (both veth ends in the pod; deleted after teardown).
+        sb.exec_ok(&[
+            "ip", "link", "add", "tap0", "type", "veth", "peer", "name", "tap0p",
+        ]);
+        let o = launcher(&["setup"], Some(n));
+        if n < steps {
+            assert!(
+                !o.status.success(),
+                "fault after step {n} did not kill setup: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let o = launcher(&["setup"], None);
+        assert!(
+            o.status.success(),
+            "re-run after a crash after step {n} did not converge: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let f = sb.exec_ok(&["tc", "filter", "show", "dev", "eth0", "ingress"]);
+        assert!(f.contains("Redirect to device tap0"), "step {n}: {f}");
+        let o = launcher(&["teardown"], None);
+        assert!(
+            o.status.success(),
+            "teardown after a crash after step {n}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        sb.exec_ok(&["ip", "link", "del", "tap0"]);
+        let after = sb.snapshot();
+        assert!(
+            before == after,
+            "after a crash after step {n}, re-run and teardown, the pod differs:\n{}",
+            diff(&before, &after)
+        );
+        let q = sb.exec_ok(&["tc", "qdisc", "show", "dev", "eth0"]);
+        assert!(!q.contains("clsact"), "step {n}: {q}");
+    }
+}
