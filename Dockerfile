@@ -9,8 +9,8 @@
 # No container engine runs on the development machines: scripts/image-smoke.sh builds the
 # runtime stage's root filesystem with debootstrap, replays this file's runtime-stage RUN lines
 # in it, and runs the launcher inside it. Keep the runtime stage to the instructions that script
-# understands (FROM, ARG, ENV, LABEL, RUN with packaging/ bind-mounted, COPY --from=build,
-# ENTRYPOINT, HEALTHCHECK); it fails on anything else.
+# understands (FROM, LABEL, ENV, RUN [--mount=type=bind,...], COPY --from=build /out/launcher,
+# ENTRYPOINT and HEALTHCHECK in exec form); it fails on anything else.
 #
 #   docker build -t launcher .
 #   docker run --rm --device /dev/kvm --device /dev/net/tun --cap-drop ALL \

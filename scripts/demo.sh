@@ -11,8 +11,8 @@ cd "$(dirname "$0")/.."
 REPO=$PWD
 
 STYLE=${DEMO_STYLE:-flannel}
-# ==== INTEGRATION OWNER: switch the default to "launcher" once `launcher run` works. ====
-MODE=${DEMO_MODE:-standin}
+# "launcher": the real thing. "standin": qemu + dnsmasq by hand (from before `run` existed).
+MODE=${DEMO_MODE:-launcher}
 
 step() { printf '\n\033[1m==> %s\033[0m\n' "$*" >&2; }
 note() { printf '    %s\n' "$*" >&2; }
@@ -24,12 +24,12 @@ fi
 
 NAME=demo$(($$ % 10000))
 WORK=$(mktemp -d /tmp/launcher-demo.XXXXXX)
-QEMU_PID=""
+BG_PID=""
 cleanup() {
   local rc=$?
   trap - EXIT INT TERM
   step "cleanup"
-  [[ -n $QEMU_PID ]] && kill "$QEMU_PID" 2>/dev/null || true
+  [[ -n $BG_PID ]] && kill "$BG_PID" 2>/dev/null || true
   bash scripts/sandbox.sh destroy "$NAME" || true
   rm -rf "$WORK"
   note "removed sandbox $NAME and $WORK"
@@ -63,13 +63,15 @@ CDD=$WORK/container-disks
 mkdir -p "$CDD/kernel-boot"
 cp "$KERNEL" "$CDD/kernel-boot/vmlinuz"
 cp "$INITRD" "$CDD/kernel-boot/initrd.img"
-VMI=$REPO/scripts/demo-vmi.yaml
+VMI=$WORK/demo-vmi.yaml
 
 step "a sandbox launcher pod: scripts/sandbox.sh create $NAME --style $STYLE"
 bash scripts/sandbox.sh create "$NAME" --style "$STYLE"
 INFO=$(bash scripts/sandbox.sh info "$NAME")
 jq . <<<"$INFO"
 NODE_IP=$(jq -r .node_ip <<<"$INFO")
+# The guest pings the node; its address depends on the style.
+sed "s/guest.ping=10.244.1.1/guest.ping=$NODE_IP/" scripts/demo-vmi.yaml >"$VMI"
 pod() { bash scripts/sandbox.sh exec "$NAME" -- "$@"; }
 pod sh -c 'echo "--- inside the pod: $(hostname)"; ip -br addr; ip route; cat /etc/resolv.conf'
 
@@ -79,7 +81,7 @@ try() {
   pod "$@" || rc=$?
   ((rc == 0)) || note "(exit code $rc)"
 }
-step "launcher validate --vmi scripts/demo-vmi.yaml"
+step "launcher validate --vmi scripts/demo-vmi.yaml (guest.ping=$NODE_IP)"
 try "$LAUNCHER" validate --vmi "$VMI" --container-disk-dir "$CDD"
 step "launcher network show (the plan for this pod; changes nothing)"
 try "$LAUNCHER" network show --vmi "$VMI" --container-disk-dir "$CDD" --log-format text
@@ -90,28 +92,43 @@ try "$LAUNCHER" render --vmi "$VMI" --container-disk-dir "$CDD" --accel tcg --lo
 SERIAL=$WORK/serial.log
 PING_TARGETS=""
 if [[ $MODE == launcher ]]; then
-  # ---- FINAL VERSION (integration owner: fill in / adjust) --------------------------------
+  # ---- THE REAL THING ----------------------------------------------------------------------
   # `launcher run` inside the pod plumbs eth0 into a bridge, serves the pod IP by DHCP and boots
   # the guest under libvirt with TCG; the guest prints GUEST-DHCP (the pod's own IP) and
   # GUEST-PING (the node) on its serial console. SIGTERM (cleanup) stops it gracefully.
   step "launcher run --accel tcg (inside the pod)"
-  RUN_DIR=/var/run/kubevirt-private # inside the pod's private /run
-  pod "$LAUNCHER" run --accel tcg --vmi "$VMI" --container-disk-dir "$CDD" \
-    --run-dir "$RUN_DIR" --log-format text >"$WORK/launcher.log" 2>&1 &
-  QEMU_PID=$!
-  # TODO(integration): where does `run` put the serial log? Point SERIAL at it, e.g.
-  #   SERIAL=<pod>$RUN_DIR/serial.log (read it with: pod cat "$RUN_DIR/..."), or use
-  #   `launcher console`. Until then we read the file the launcher names in its log.
-  SERIAL_IN_POD=${DEMO_SERIAL_IN_POD:-$RUN_DIR/serial.log}
-  for _ in $(seq 1 240); do
-    pod cat "$SERIAL_IN_POD" >"$SERIAL" 2>/dev/null || true
-    grep -q GUEST-READY "$SERIAL" && break
-    kill -0 "$QEMU_PID" 2>/dev/null || break
+  RUN_DIR=$WORK/run # under /tmp, which the pod shares, so the host can read status.json
+  mkdir -p "$RUN_DIR"
+  # Not through the pod() function: a backgrounded function is a subshell, and $! must be the
+  # launcher itself (sandbox.sh exec execs nsenter, which execs the launcher).
+  bash scripts/sandbox.sh exec "$NAME" -- "$LAUNCHER" run --accel tcg --vmi "$VMI" \
+    --container-disk-dir "$CDD" --run-dir "$RUN_DIR" --log-format text >"$WORK/launcher.log" 2>&1 &
+  BG_PID=$!
+  # status.json names the serial log (<run-dir>/<vmi uid>/virt-serial0-log).
+  for _ in $(seq 1 480); do
+    if [[ -z ${SERIAL_FROM_STATUS:-} && -s $RUN_DIR/status.json ]]; then
+      SERIAL_FROM_STATUS=$(jq -r '.serial_log // empty' "$RUN_DIR/status.json" 2>/dev/null || true)
+    fi
+    if [[ -n ${SERIAL_FROM_STATUS:-} && -f $SERIAL_FROM_STATUS ]]; then
+      cp "$SERIAL_FROM_STATUS" "$SERIAL"
+      grep -aq -e GUEST-READY -e GUEST-POWEROFF "$SERIAL" && break
+    fi
+    kill -0 "$BG_PID" 2>/dev/null || break
     sleep 0.5
   done
   sed 's/^/    launcher: /' "$WORK/launcher.log" | tail -n 20 >&2
+  if kill -0 "$BG_PID" 2>/dev/null; then
+    step "SIGTERM to the launcher: graceful shutdown (terminationGracePeriodSeconds: 10)"
+    kill -TERM "$BG_PID"
+    rc=0
+    wait "$BG_PID" || rc=$?
+    note "launcher exited with $rc (0 = graceful)"
+    BG_PID=""
+    # The guest's last words (GUEST-ACPI-POWEROFF when it obeyed the ACPI power button).
+    [[ -n ${SERIAL_FROM_STATUS:-} && -f $SERIAL_FROM_STATUS ]] && cp "$SERIAL_FROM_STATUS" "$SERIAL"
+  fi
 else
-  # ---- STAND-IN (until `launcher run` exists) ---------------------------------------------
+  # ---- STAND-IN (DEMO_MODE=standin; from before `launcher run` existed) -------------------
   # Shows the guest side working in the pod: a bridge with a tap, dnsmasq standing in for the
   # launcher's DHCP server on a demo subnet, and masquerade towards the node. (dnsmasq cannot
   # serve the pod's own IP in the bridge design, which is why the launcher has its own server.)
@@ -139,10 +156,10 @@ EOF'
     -append "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests guest.ping=$PING_TARGETS guest.poweroff=1" \
     -netdev tap,id=n0,ifname=tap-demo,script=no,downscript=no \
     -device virtio-net-pci,netdev=n0,mac=02:00:00:00:de:01,romfile= &
-  QEMU_PID=$!
+  BG_PID=$!
   for _ in $(seq 1 240); do
     grep -q GUEST-READY "$SERIAL" 2>/dev/null && break
-    kill -0 "$QEMU_PID" 2>/dev/null || break
+    kill -0 "$BG_PID" 2>/dev/null || break
     sleep 0.5
   done
 fi

@@ -1,11 +1,20 @@
 #!/usr/bin/env bash
-# Runs every test: formatting, lints, unit tests, root/namespace integration tests, end-to-end
-# tests with a real guest, and the bounded fuzz runs. Needs root (tests that need it fail loudly
-# otherwise; nothing is skipped silently). Usage: scripts/test.sh
+# Runs every test: formatting, lints, unit and golden tests, root/namespace integration tests,
+# end-to-end tests with a real guest, the Kubernetes manifests' schema checks, and bounded fuzz
+# runs of the parsers that face the guest. Needs root: tests that need it fail loudly otherwise;
+# nothing is skipped silently. CI runs exactly this (.ci/run).
+#
+# Usage: scripts/test.sh            everything
+#        FUZZ_SECONDS=10 scripts/test.sh   shorter fuzz runs (default 45 s per target)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*" >&2; }
+step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
+
+if [[ $EUID -ne 0 ]]; then
+  echo "scripts/test.sh must run as root: the network and VM tests need namespaces and /dev/net/tun" >&2
+  exit 3
+fi
 
 step "setup (Debian packages, idempotent)"
 bash scripts/setup.sh
@@ -16,5 +25,12 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --locked -- -D warnings
 
+step "Kubernetes manifests (deploy/) against the OpenAPI schema"
+bash scripts/validate-manifests.sh
+
+step "fuzzing the guest-facing parsers (${FUZZ_SECONDS:-45} s per target)"
+bash scripts/fuzz.sh "${FUZZ_SECONDS:-45}"
+
+# Last, so that its summary is the run's closing line.
 step "cargo test (unit, golden, integration, end-to-end)"
 cargo test --locked --workspace --no-fail-fast -- --test-threads=2

@@ -6,7 +6,8 @@
 #     capabilities drop ALL and add only NET_ADMIN/NET_RAW/SYS_NICE (none for passt), the device
 #     plugin resources, the emptyDirs, terminationGracePeriodSeconds = the VMI's + 15, the
 #     readiness probe `launcher status`, terminationMessagePath, the VMI from a ConfigMap;
-#  3. negative cases: mutated copies (a typo'd field, a wrong type, a forbidden capability, ...)
+#  3. the VMI in each ConfigMap with `launcher validate --strict` (the launcher accepts it);
+#  4. negative cases: mutated copies (a typo'd field, a wrong type, a forbidden capability, ...)
 #     must each be rejected, so the checks above can fail.
 # Usage: scripts/validate-manifests.sh [FILE...]   (default deploy/*.yaml). Prints "N passed, N failed".
 set -euo pipefail
@@ -24,11 +25,19 @@ if [[ ! -x $VENV/bin/kubernetes-validate ]] || ! "$VENV/bin/pip" show -q kuberne
   "$VENV/bin/pip" install -q --disable-pip-version-check "$VALIDATOR"
 fi
 
+# The launcher itself checks the VMIs inside the ConfigMaps (`launcher validate --strict`).
+# LAUNCHER_BIN overrides; otherwise the debug build (a no-op after `cargo test` in CI).
+if [[ -z ${LAUNCHER_BIN:-} ]]; then
+  cargo build --quiet --locked -p launcher --bin launcher
+  LAUNCHER_BIN=$PWD/target/debug/launcher
+fi
+export LAUNCHER_BIN
+
 if (($#)); then files=("$@"); else files=(deploy/*.yaml); fi
 ((${#files[@]})) || { log "no manifests"; exit 1; }
 
 exec "$VENV/bin/python" - "$K8S_VERSION" "${files[@]}" <<'PY'
-import copy, io, sys
+import copy, io, os, subprocess, sys
 import yaml
 import kubernetes_validate
 from kubernetes_validate.utils import ValidationError, SchemaNotFoundError, InvalidSchemaError
@@ -38,7 +47,7 @@ passed = failed = 0
 
 # Capabilities by reason (docs/packaging.md, "What the pod needs and why"): the pod must add
 # exactly the union of the reasons that apply, after dropping ALL.
-NET_CAPS = {"NET_ADMIN", "NET_RAW"}                                  # tap-based bindings
+NET_CAPS = {"NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"}              # tap-based bindings + DHCP on :67
 ROOT_LIBVIRT_CAPS = {"SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE"}  # libvirtd as root starts qemu
 RT_CAPS = {"SYS_NICE"}                                               # realtime / dedicated CPUs
 ALLOWED_CAPS = NET_CAPS | ROOT_LIBVIRT_CAPS | RT_CAPS
@@ -156,6 +165,16 @@ def launcher_rules(docs):
         errs.append("command/args must not override the image's ENTRYPOINT (launcher run)")
     return errs
 
+def launcher_validate(vmi_text):
+    """`launcher validate --strict` on a VMI; returns a list of messages (empty = accepted)."""
+    r = subprocess.run([os.environ["LAUNCHER_BIN"], "validate", "--strict", "--log-format", "text", "--vmi", "-"],
+                       input=vmi_text, capture_output=True, text=True)
+    return [] if r.returncode == 0 else [f"launcher validate exit {r.returncode}: {(r.stderr or r.stdout).strip()[:300]}"]
+
+def vmi_texts(docs):
+    return [(d["metadata"]["name"], k, v) for d in docs if d.get("kind") == "ConfigMap"
+            for k, v in d.get("data", {}).items() if k.endswith((".yaml", ".yml", ".json"))]
+
 def check(name, ok, detail=""):
     global passed, failed
     if ok:
@@ -205,6 +224,7 @@ MUTATIONS_BY_KIND = {
     "tap": [
         ("no NET_RAW for a tap-based binding", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("NET_RAW")),
         ("no tun device for a tap-based binding", lambda ds: compute(ds)["resources"]["limits"].pop("devices.kubevirt.io/tun")),
+        ("no NET_BIND_SERVICE for the DHCP server", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("NET_BIND_SERVICE")),
         ("no SETPCAP for libvirtd as root", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("SETPCAP")),
         ("a tap-based binding as non-root", lambda ds: compute(ds)["securityContext"].update(runAsUser=107, runAsNonRoot=True)),
     ],
@@ -223,6 +243,13 @@ for f in files:
         check(f"{f}: {d['kind']} {d['metadata']['name']} is valid Kubernetes {k8s_version} (strict)", not errs, "\n".join(errs))
     errs = launcher_rules(docs)
     check(f"{f}: follows the launcher pod's rules", not errs, "\n".join(errs))
+    for cm, key, text in vmi_texts(docs):
+        errs = launcher_validate(text)
+        check(f"{f}: ConfigMap {cm}/{key} passes `launcher validate --strict`", not errs, "\n".join(errs))
+        bad = text.replace("terminationGracePeriodSeconds", "terminationGracePeriodSecond", 1)
+        errs = launcher_validate(bad)
+        check(f"{f}: `launcher validate --strict` rejects a typo'd field in {cm}/{key}", bool(errs),
+              "accepted a VMI that must be rejected")
     kind = "passt" if compute(docs).get("securityContext", {}).get("runAsNonRoot") else "tap"
     for what, mutate in MUTATIONS + MUTATIONS_BY_KIND[kind]:
         ds = copy.deepcopy(docs)

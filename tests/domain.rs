@@ -977,7 +977,7 @@ spec:
       bootloader: {{bios: {{useSerial: true}}}}
       kernelBoot:
         container: {{image: x, kernelPath: /boot/vmlinuz}}
-        kernelArgs: "console=ttyS0 panic=-1"
+        kernelArgs: "console=ttyS0 panic=-1 no_timer_check noapictimer cryptomgr.notests"
     devices:
       autoattachPodInterface: false
       rng: {{}}

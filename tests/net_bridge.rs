@@ -319,7 +319,7 @@ fn missing_pod_interface_is_a_precondition() {
 
 #[test]
 fn other_bindings_are_refused_not_misplumbed() {
-    let y = POD_BRIDGE.replace("bridge: {}", "masquerade: {}");
+    let y = POD_BRIDGE.replace("bridge: {}", "binding: {name: no-such-plugin}");
     let e = plan(&pod(vec![flannel_eth0()]), &vmi(&y), &opts()).unwrap_err();
     assert!(matches!(e, NetError::UnsupportedBinding { .. }), "{e}");
 }

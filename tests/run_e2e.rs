@@ -68,7 +68,7 @@ spec:
         memory: 256Mi
     firmware:
       kernelBoot:
-        kernelArgs: "console=ttyS0 quiet panic=-1 {extra_args}"
+        kernelArgs: "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests {extra_args}"
         container:
           image: registry.example/test-guest:latest
           kernelPath: /boot/vmlinuz
@@ -177,6 +177,24 @@ spec:
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
         )
+    }
+
+    /// `launcher console` in the pod, stdin and stdout piped.
+    fn console(&self) -> Child {
+        let bin = support::launcher_bin();
+        let rd = self.run_dir();
+        self.pod
+            .exec_cmd(&[
+                bin.to_str().unwrap(),
+                "console",
+                "--run-dir",
+                rd.to_str().unwrap(),
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawning launcher console")
     }
 
     /// Processes in the pod (same network namespace as the pod's pinned netns).
@@ -310,12 +328,26 @@ fn guest_gets_the_pod_network_by_dhcp_pings_the_node_and_poweroff_exits_0() {
     let info = c.pod.info().clone();
     let node_ip = info.node_ip.clone();
     let mut child = c.spawn(1);
+    wait_running(&c, 1);
+    // `launcher console` attached while the guest boots sees its output, and ends when the VM
+    // does (its stdin stays open: a pipe we never write to).
+    let mut console = c.console();
     let st = wait_exit(
         &mut child,
         support::guest_boot_timeout() + Duration::from_secs(60),
         "guest poweroff",
         &c.stderr_log(1),
     );
+    let cst = wait_exit(
+        &mut console,
+        Duration::from_secs(10),
+        "console after the VM ended",
+        &c.stderr_log(1),
+    );
+    let mut seen = String::new();
+    std::io::Read::read_to_string(&mut console.stdout.take().unwrap(), &mut seen).unwrap();
+    assert_eq!(cst.code(), Some(0), "console exit");
+    assert!(seen.contains("GUEST-POWEROFF"), "console output:\n{seen}");
     let serial = std::fs::read_to_string(c.serial_log()).unwrap_or_default();
     assert_eq!(
         st.code(),
@@ -358,6 +390,26 @@ fn sigterm_with_a_guest_that_ignores_acpi_destroys_after_the_grace_period() {
     assert!(out.contains("02:00:00:00:e2:01"), "{out}");
     assert!(out.contains(&c.pod.info().pod_ip), "{out}");
     assert!(s["qemu_pid"].as_i64().is_some(), "{s}");
+    // Ctrl-] detaches the console at once; the VM keeps running.
+    let mut console = c.console();
+    std::thread::sleep(Duration::from_millis(500));
+    {
+        use std::io::Write;
+        let stdin = console.stdin.as_mut().unwrap();
+        stdin.write_all(b"\x1d").unwrap();
+        stdin.flush().unwrap();
+    }
+    let cst = wait_exit(
+        &mut console,
+        Duration::from_secs(5),
+        "console detach",
+        &c.stderr_log(1),
+    );
+    assert_eq!(cst.code(), Some(0), "console exit after Ctrl-]");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the VM must outlive the console"
+    );
     let t = Instant::now();
     kill(child.id() as i32, "TERM");
     let st = wait_exit(

@@ -1277,4 +1277,50 @@ mod tests {
         assert_eq!(warnings.len(), 3, "{warnings:?}");
         assert!(p.lookup(230).is_some() && p.lookup(100).is_none() && p.lookup(12).is_none());
     }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn header() -> Vec<u8> {
+            let mut h = vec![0u8; HEADER_LEN];
+            h[0] = 1;
+            h[1] = 1;
+            h[2] = 6;
+            h[28..34].copy_from_slice(&MAC);
+            h.extend_from_slice(&MAGIC);
+            h
+        }
+
+        proptest! {
+            /// Any option bytes after a valid header from the VM: no panic; any reply decodes
+            /// with dhcproto, is a BOOTREPLY and fits its limit.
+            #[test]
+            fn any_options_never_panic_and_replies_fit(
+                opts in proptest::collection::vec(any::<u8>(), 0..1400),
+                mt in 1u8..9,
+                mtu in 576u16..9000,
+            ) {
+                let mut c = big_cfg();
+                c.mtu = mtu;
+                let p = Prepared::new(&c).unwrap().0;
+                let mut pkt = header();
+                pkt.extend_from_slice(&[53, 1, mt]);
+                pkt.extend_from_slice(&opts);
+                pkt.push(255);
+                if let Outcome::Reply(r) = p.handle(&pkt) {
+                    prop_assert!(r.bytes.len() <= r.limit);
+                    let m = decode(&r.bytes);
+                    prop_assert_eq!(m.opcode(), Opcode::BootReply);
+                    prop_assert!(m.opts().msg_type().is_some());
+                }
+            }
+
+            /// Completely arbitrary bytes never panic.
+            #[test]
+            fn any_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..1600)) {
+                let _ = handle(&cfg(), &bytes);
+            }
+        }
+    }
 }

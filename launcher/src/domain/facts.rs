@@ -132,12 +132,22 @@ impl PodFacts {
                     continue;
                 }
             }
-            if let Some(path) =
+            let mut paths: Vec<PathBuf> =
                 plan::file_source_path(vol, index, &g.run_dir, &g.container_disk_dir)
-            {
-                if !supports_direct_io(&path) {
-                    no_direct_io.insert(vol.name.clone());
+                    .into_iter()
+                    .collect();
+            // qemu opens an overlay's backing file with the same cache mode.
+            match kind {
+                Some(VolumeKind::ContainerDisk) => {
+                    paths.push(plan::container_disk_path(&g.container_disk_dir, index))
                 }
+                Some(VolumeKind::Ephemeral) => {
+                    paths.push(plan::pvc_image_path(&g.run_dir, &vol.name))
+                }
+                _ => {}
+            }
+            if !paths.iter().all(|p| supports_direct_io(p)) {
+                no_direct_io.insert(vol.name.clone());
             }
         }
         Ok(PodFacts {

@@ -1346,9 +1346,8 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
         }
     }
 
-    // Reboot behaviour: `spec.domain.rebootPolicy` is not in the VMI model yet, so reboots
-    // restart the guest (KubeVirt's default).
-    let on_reboot = reboot_action(None)?;
+    // Reboot behaviour: `spec.domain.rebootPolicy` (KubeVirt's default `Reboot` restarts).
+    let on_reboot = reboot_action(d.reboot_policy.as_deref())?;
 
     // Devices.
     let dev = &d.devices;

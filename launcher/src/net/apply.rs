@@ -254,6 +254,7 @@ async fn run_step(h: &Handle, step: &Step, originals: &BTreeSet<u32>) -> Result<
             }
             Ok(())
         }
+        Step::MasqueradeNat { config } => super::binding::masquerade::apply_nat(config),
         Step::CreateMacvlan {
             name,
             lower,
@@ -368,6 +369,7 @@ enum Undo {
     RestorePod {
         index: u32,
     },
+    DeleteMasqueradeNat,
     DeleteClsact {
         link: LinkRef,
     },
@@ -394,6 +396,7 @@ fn undo_of(step: &Step) -> Option<Undo> {
             tap_queues: Some(*queues),
         }),
         Step::SetSysctl { path, .. } => Some(Undo::RestoreSysctl { path: path.clone() }),
+        Step::MasqueradeNat { .. } => Some(Undo::DeleteMasqueradeNat),
         Step::LinkDown { link }
         | Step::LinkUp { link }
         | Step::Rename { link, .. }
@@ -448,6 +451,11 @@ pub async fn undo(h: &Handle, st: &RecordedState) -> Vec<NetError> {
                     if let Err(e) = write_sysctl(&path, v) {
                         errors.push(e);
                     }
+                }
+            }
+            Undo::DeleteMasqueradeNat => {
+                if let Err(e) = super::binding::masquerade::teardown_nat() {
+                    errors.push(e);
                 }
             }
             Undo::DeleteClsact { link } => {
@@ -754,21 +762,26 @@ async fn create_stand_in(
     mac: Mac,
     mtu: u32,
 ) -> Result<(), NetError> {
-    let dummy = LinkMessageBuilder::<LinkDummy>::new(name)
-        .address(mac.0.to_vec())
-        .mtu(mtu)
-        .build();
-    match h.link().add(dummy).execute().await {
-        Ok(()) => return Ok(()),
-        Err(e) if super::errno_of(&e) == Some(Errno::EOPNOTSUPP) => {
-            tracing::info!(
-                name,
-                peer,
-                "this kernel has no dummy links: the stand-in is a veth pair"
-            );
+    // Asking for an unknown link type makes the kernel run modprobe (tens of ms), so try a
+    // dummy only when the module is loaded or built in (`/sys/module/dummy`), or when /sys
+    // cannot tell (no sysfs mounted).
+    let sys_module = Path::new("/sys/module");
+    if !sys_module.is_dir() || sys_module.join("dummy").exists() {
+        let dummy = LinkMessageBuilder::<LinkDummy>::new(name)
+            .address(mac.0.to_vec())
+            .mtu(mtu)
+            .build();
+        match h.link().add(dummy).execute().await {
+            Ok(()) => return Ok(()),
+            Err(e) if super::errno_of(&e) == Some(Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(NetError::netlink("creating stand-in (dummy)", q(name), e)),
         }
-        Err(e) => return Err(NetError::netlink("creating stand-in (dummy)", q(name), e)),
     }
+    tracing::debug!(
+        name,
+        peer,
+        "no dummy link type in this kernel: the stand-in is a veth pair"
+    );
     let veth = LinkMessageBuilder::<LinkVeth>::new(name, peer)
         .address(mac.0.to_vec())
         .mtu(mtu)

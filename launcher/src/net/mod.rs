@@ -307,7 +307,12 @@ pub async fn setup(opts: &SetupOptions, vmi: &Vmi) -> Result<NetResult, NetError
             st
         }
         None => {
+            let t = std::time::Instant::now();
             let pod = discover::discover(&handle, &discover_sources(opts)).await?;
+            tracing::debug!(
+                elapsed_us = t.elapsed().as_micros() as u64,
+                "discovered the pod"
+            );
             let plan = match plan::plan(&pod, vmi, &opts.plan_options()) {
                 Ok(p) => p,
                 Err(e) => {
@@ -320,6 +325,10 @@ pub async fn setup(opts: &SetupOptions, vmi: &Vmi) -> Result<NetResult, NetError
             state::refuse_if_plumbed(&pod, Some(&plan), &state_path)?;
             let st = state::RecordedState::new(pod, plan);
             state::save(&opts.run_dir, &st)?;
+            tracing::debug!(
+                elapsed_us = t.elapsed().as_micros() as u64,
+                "planned and recorded"
+            );
             st
         }
     };

@@ -181,6 +181,11 @@ pub enum Step {
     FlushRoutes {
         link: LinkRef,
     },
+    /// Replace the masquerade NAT tables (`ip`/`ip6 kubevirt_nat`) in one atomic transaction
+    /// (`nat::Nft::apply`); undone by `nat::Nft::teardown`.
+    MasqueradeNat {
+        config: super::nat::NatConfig,
+    },
     /// A macvlan (with `tap`: a macvtap) in bridge mode on `lower`, with `mac` and `mtu`.
     CreateMacvlan {
         name: String,
@@ -231,6 +236,12 @@ impl Step {
             Step::AddAddresses { link, .. } => format!("adding addresses to {link}"),
             Step::RemoveAddresses { link, .. } => format!("removing addresses from {link}"),
             Step::FlushRoutes { link } => format!("removing the routes of {link}"),
+            Step::MasqueradeNat { .. } => {
+                format!(
+                    "applying the masquerade NAT (nftables tables ip/ip6 {})",
+                    super::nat::TABLE
+                )
+            }
             Step::CreateMacvlan {
                 name, lower, tap, ..
             } => format!(
@@ -413,6 +424,7 @@ pub fn plan(pod: &DiscoveredPod, vmi: &Vmi, opts: &PlanOptions) -> Result<NetPla
                     .join(", "),
             })?;
         let ctx = IfaceCtx {
+            vmi,
             position,
             path,
             iface,

@@ -224,6 +224,14 @@ impl Validator {
                 one_of(self, "spec.domain.ioThreadsPolicy", p, &["shared", "auto"]);
             }
         }
+        if let Some(p) = d.reboot_policy.as_deref() {
+            one_of(
+                self,
+                "spec.domain.rebootPolicy",
+                p,
+                &["Reboot", "Terminate"],
+            );
+        }
         self.resources_and_memory(d);
         self.cpu(d);
         self.firmware(d);
@@ -2080,6 +2088,17 @@ mod tests {
             "\"pc\" is not a supported machine type",
         );
         good(json!({"spec": {"domain": {"machine": {"type": "pc-q35-rhel9.6.0"}}}}));
+    }
+
+    #[test]
+    fn reboot_policy_values() {
+        bad(
+            json!({"spec": {"domain": {"rebootPolicy": "Sometimes"}}}),
+            "spec.domain.rebootPolicy",
+            "\"Sometimes\" is not allowed",
+        );
+        good(json!({"spec": {"domain": {"rebootPolicy": "Reboot"}}}));
+        good(json!({"spec": {"domain": {"rebootPolicy": "Terminate"}}}));
     }
 
     #[test]

@@ -109,6 +109,10 @@ pub struct DomainSpec {
     pub devices: Devices,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub io_threads_policy: Option<String>,
+    /// `Reboot` (default: a guest reboot restarts it) or `Terminate` (a guest reboot ends the
+    /// VM, as a poweroff does).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_policy: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chassis: Option<Chassis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -471,11 +471,9 @@ impl Watch<'_> {
                         }
                         DaemonNews::GaveUp { name, reason } => {
                             tracing::error!(daemon = %name, "{reason}");
-                            if Some(&name) == self.own_daemon.as_ref() {
-                                // Without libvirt the VM cannot be managed: end it.
-                                self.kill_qemu();
-                                return Outcome::LibvirtFailed(reason);
-                            }
+                            // Without its daemons the VM cannot be managed: end it.
+                            self.kill_qemu();
+                            return Outcome::LibvirtFailed(reason);
                         }
                     }
                 }

@@ -4,6 +4,7 @@
 
 pub mod bridge;
 pub mod macvtap;
+pub mod masquerade;
 pub mod tc_redirect;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -17,6 +18,8 @@ use crate::spec::{BindingKind, Interface, Network};
 /// Everything a binding needs to plan one interface.
 #[derive(Debug, Clone)]
 pub struct IfaceCtx<'a> {
+    /// The whole VMI (metadata: annotations, uid, name).
+    pub vmi: &'a crate::spec::Vmi,
     /// The interface's position in `spec.domain.devices.interfaces`.
     pub position: usize,
     /// Its JSON path, for errors.
@@ -45,6 +48,7 @@ pub struct BindingPlan {
 pub fn plan_interface(kind: &BindingKind, ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
     match kind {
         BindingKind::Bridge => bridge::plan(ctx),
+        BindingKind::Masquerade => masquerade::plan(ctx),
         BindingKind::Macvtap => macvtap::plan(ctx),
         BindingKind::TcRedirect => tc_redirect::plan(ctx),
         other => Err(NetError::UnsupportedBinding {
