@@ -255,6 +255,69 @@ async fn run_step(h: &Handle, step: &Step, originals: &BTreeSet<u32>) -> Result<
             Ok(())
         }
         Step::MasqueradeNat { config } => super::binding::masquerade::apply_nat(config),
+        Step::CreateMacvlan {
+            name,
+            lower,
+            mac,
+            mtu,
+            tap,
+        } => {
+            let kind = if *tap { "macvtap" } else { "macvlan" };
+            match link_by_name(h, name).await? {
+                Some(l) if originals.contains(&l.index) => Err(conflict(
+                    name,
+                    "is an original pod interface; cannot create a macvlan with its name",
+                )),
+                Some(l) if l.kind.as_deref() == Some(kind) => {
+                    ensure_mac_mtu(h, &l, *mac, *mtu, &what).await
+                }
+                Some(_) => Err(conflict(name, &format!("exists and is not a {kind}"))),
+                None => {
+                    use netlink_packet_route::link::{MacVlanMode, MacVtapMode};
+                    let low = resolve(h, lower).await?;
+                    let msg = if *tap {
+                        LinkMessageBuilder::<rtnetlink::LinkMacVtap>::new(name)
+                            .link(low.index)
+                            .mode(MacVtapMode::Bridge)
+                            .address(mac.0.to_vec())
+                            .mtu(*mtu)
+                            .build()
+                    } else {
+                        LinkMessageBuilder::<rtnetlink::LinkMacVlan>::new(name)
+                            .link(low.index)
+                            .mode(MacVlanMode::Bridge)
+                            .address(mac.0.to_vec())
+                            .mtu(*mtu)
+                            .build()
+                    };
+                    h.link()
+                        .add(msg)
+                        .execute()
+                        .await
+                        .map_err(|e| NetError::netlink(format!("creating {kind}"), q(name), e))
+                }
+            }
+        }
+        Step::TcIngress { link, filters } => {
+            let l = resolve(h, link).await?;
+            let mut names: Vec<(LinkRef, String)> = Vec::new();
+            for f in filters {
+                if let super::plan::TcFilter::RedirectTo { to } = f {
+                    names.push((to.clone(), resolve(h, to).await?.name));
+                }
+            }
+            let cmds = super::binding::tc_redirect::tc_ingress_commands(&l.name, filters, |r| {
+                names
+                    .iter()
+                    .find(|(k, _)| k == r)
+                    .map(|(_, n)| n.clone())
+                    .unwrap_or_default()
+            });
+            for c in cmds {
+                tc(&what, &c, false)?;
+            }
+            Ok(())
+        }
         Step::FlushRoutes { link } => {
             let l = resolve(h, link).await?;
             for r in routes_of(h, l.index).await? {
@@ -307,6 +370,9 @@ enum Undo {
         index: u32,
     },
     DeleteMasqueradeNat,
+    DeleteClsact {
+        link: LinkRef,
+    },
 }
 
 fn undo_of(step: &Step) -> Option<Undo> {
@@ -319,12 +385,12 @@ fn undo_of(step: &Step) -> Option<Undo> {
             family: family.clone(),
             name: name.clone(),
         }),
-        Step::CreateBridge { name, .. } | Step::CreateStandIn { name, .. } => {
-            Some(Undo::DeleteLink {
-                name: name.clone(),
-                tap_queues: None,
-            })
-        }
+        Step::CreateBridge { name, .. }
+        | Step::CreateStandIn { name, .. }
+        | Step::CreateMacvlan { name, .. } => Some(Undo::DeleteLink {
+            name: name.clone(),
+            tap_queues: None,
+        }),
         Step::CreateTap { name, queues, .. } => Some(Undo::DeleteLink {
             name: name.clone(),
             tap_queues: Some(*queues),
@@ -341,6 +407,7 @@ fn undo_of(step: &Step) -> Option<Undo> {
         | Step::AddAddresses { link, .. }
         | Step::RemoveAddresses { link, .. }
         | Step::FlushRoutes { link } => pod(link),
+        Step::TcIngress { link, .. } => Some(Undo::DeleteClsact { link: link.clone() }),
     }
 }
 
@@ -389,6 +456,25 @@ pub async fn undo(h: &Handle, st: &RecordedState) -> Vec<NetError> {
             Undo::DeleteMasqueradeNat => {
                 if let Err(e) = super::binding::masquerade::teardown_nat() {
                     errors.push(e);
+                }
+            }
+            Undo::DeleteClsact { link } => {
+                let found = match &link {
+                    LinkRef::Pod { index, .. } => link_by_index(h, *index).await,
+                    LinkRef::Created(name) => link_by_name(h, name).await,
+                };
+                match found {
+                    Ok(Some(l)) => {
+                        let args =
+                            ["qdisc", "del", "dev", l.name.as_str(), "clsact"].map(String::from);
+                        if let Err(e) =
+                            tc(&format!("deleting the clsact qdisc of {link}"), &args, true)
+                        {
+                            errors.push(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
                 }
             }
             Undo::RestorePod { index } => match st.pod.interfaces.iter().find(|i| i.index == index)
@@ -844,6 +930,41 @@ fn spawn_nft(what: &str, script: &str) -> Result<PendingNft, NetError> {
         child,
         what: what.to_string(),
     })
+}
+
+/// Runs `tc ARGS`. With `absent_ok`, "no such qdisc" counts as success (idempotent delete).
+fn tc(what: &str, args: &[String], absent_ok: bool) -> Result<(), NetError> {
+    let out = Command::new("tc")
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                NetError::MissingTool {
+                    tool: "tc".into(),
+                    operation: what.to_string(),
+                    detail: "not found in PATH (install iproute2)".into(),
+                }
+            } else {
+                NetError::Io {
+                    operation: format!("{what}: running"),
+                    object: "tc".into(),
+                    source: e,
+                }
+            }
+        })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+    if absent_ok && (err.contains("Cannot find specified qdisc") || err.contains("Invalid handle"))
+    {
+        return Ok(());
+    }
+    Err(NetError::Other(format!(
+        "{what}: `tc {}` failed: {err}",
+        args.join(" ")
+    )))
 }
 
 /// Runs `nft -f -` with `script` and waits for it.

@@ -186,6 +186,30 @@ pub enum Step {
     MasqueradeNat {
         config: super::nat::NatConfig,
     },
+    /// A macvlan (with `tap`: a macvtap) in bridge mode on `lower`, with `mac` and `mtu`.
+    CreateMacvlan {
+        name: String,
+        lower: LinkRef,
+        mac: Mac,
+        mtu: u32,
+        tap: bool,
+    },
+    /// A `clsact` qdisc on `link` whose ingress carries exactly `filters` (filter *k* at
+    /// preference *k*+1); undone by deleting the qdisc. Used by the tc-redirect binding.
+    TcIngress {
+        link: LinkRef,
+        filters: Vec<TcFilter>,
+    },
+}
+
+/// One ingress filter of [`Step::TcIngress`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", tag = "action")]
+pub enum TcFilter {
+    /// IPv4 UDP to `dport` (from `src_mac` when set) is not redirected: it stays on this link.
+    KeepLocalUdp { src_mac: Option<Mac>, dport: u16 },
+    /// Everything else goes to the egress of `to` (`mirred egress redirect`).
+    RedirectTo { to: LinkRef },
 }
 
 impl Step {
@@ -218,6 +242,13 @@ impl Step {
                     super::nat::TABLE
                 )
             }
+            Step::CreateMacvlan {
+                name, lower, tap, ..
+            } => format!(
+                "creating {} {name:?} on {lower}",
+                if *tap { "macvtap" } else { "macvlan" }
+            ),
+            Step::TcIngress { link, .. } => format!("installing the ingress filters of {link}"),
         }
     }
 }

@@ -3,7 +3,9 @@
 //! undoes the steps. Adding a binding = adding `<name>.rs` and one arm in [`plan_interface`].
 
 pub mod bridge;
+pub mod macvtap;
 pub mod masquerade;
+pub mod tc_redirect;
 
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -47,6 +49,8 @@ pub fn plan_interface(kind: &BindingKind, ctx: &IfaceCtx<'_>) -> Result<BindingP
     match kind {
         BindingKind::Bridge => bridge::plan(ctx),
         BindingKind::Masquerade => masquerade::plan(ctx),
+        BindingKind::Macvtap => macvtap::plan(ctx),
+        BindingKind::TcRedirect => tc_redirect::plan(ctx),
         other => Err(NetError::UnsupportedBinding {
             path: ctx.path.clone(),
             binding: match other {
