@@ -160,6 +160,26 @@ fn golden_flannel() {
 }
 
 #[test]
+fn dhcp_hostname_is_the_vmi_hostname_when_given_else_the_pods() {
+    let p = plan(&pod(vec![flannel_eth0()]), &vmi(POD_BRIDGE), &opts()).unwrap();
+    let d = p.interfaces[0].dhcp.as_ref().unwrap();
+    assert_eq!(
+        d.hostname.as_deref(),
+        Some("testvm"),
+        "no spec.hostname: the pod's"
+    );
+    let y = POD_BRIDGE.replace("spec:\n  domain:", "spec:\n  hostname: myguest\n  domain:");
+    assert!(y.contains("hostname: myguest"));
+    let p = plan(&pod(vec![flannel_eth0()]), &vmi(&y), &opts()).unwrap();
+    let d = p.interfaces[0].dhcp.as_ref().unwrap();
+    assert_eq!(
+        d.hostname.as_deref(),
+        Some("myguest"),
+        "spec.hostname takes effect"
+    );
+}
+
+#[test]
 fn golden_calico() {
     let p = plan(&pod(vec![calico_eth0()]), &vmi(POD_BRIDGE), &opts()).unwrap();
     let d = p.interfaces[0].dhcp.as_ref().unwrap();

@@ -232,7 +232,14 @@ pub fn dhcp_config(
                 _ => Some(d),
             })
             .cloned(),
-        hostname: ctx.pod.hostname.clone(),
+        // The VMI's `spec.hostname` when the user wrote one (KubeVirt gives its pod that
+        // hostname, so in KubeVirt the two agree); otherwise the pod's own hostname.
+        hostname: ctx
+            .vmi
+            .spec
+            .hostname
+            .clone()
+            .or_else(|| ctx.pod.hostname.clone()),
         mtu: u16::try_from(ctx.pod_iface.mtu).unwrap_or(u16::MAX),
         lease_secs: LEASE_SECS,
         ntp,
