@@ -1269,3 +1269,31 @@ fn secondary_networks_with_and_without_ip() {
     let after = sb.snapshot();
     assert!(before == after, "{}", diff(&before, &after));
 }
+
+/// In a real pod `/proc/sys` is mounted read-only. The bridge binding must still plumb: its
+/// only sysctl (`net.ipv4.conf.k6t-eth0.arp_ignore=1`) is set over rtnetlink. The launcher
+/// runs in a private mount namespace where `/proc/sys` is bind-mounted read-only.
+#[test]
+fn bridge_setup_succeeds_with_read_only_proc_sys() {
+    let sb = Sandbox::create("flannel");
+    let before = sb.snapshot();
+    let vmi = sb.vmi(POD_BRIDGE);
+    let run_dir = sb.run_dir();
+    let script = format!(
+        "mount --make-rprivate / && mount --bind /proc/sys /proc/sys && mount -o remount,bind,ro /proc/sys && \
+         if echo 0 > /proc/sys/net/ipv4/conf/lo/arp_ignore 2>/dev/null; then echo '/proc/sys is still writable' >&2; exit 99; fi && \
+         exec {} network setup --vmi {vmi} --run-dir {run_dir} --log-format json",
+        launcher_bin()
+    );
+    let o = sb.exec(&sb.name, &["unshare", "-m", "sh", "-c", &script]);
+    assert_ok(&o, "network setup with a read-only /proc/sys");
+    let arp = sb.exec(
+        &sb.name,
+        &["cat", "/proc/sys/net/ipv4/conf/k6t-eth0/arp_ignore"],
+    );
+    assert_ok(&arp, "reading arp_ignore");
+    assert_eq!(String::from_utf8_lossy(&arp.stdout).trim(), "1");
+    let o = sb.launcher(&vmi, &["teardown"], &[]).output().unwrap();
+    assert_ok(&o, "network teardown");
+    assert!(before == sb.snapshot(), "{}", diff(&before, &sb.snapshot()));
+}

@@ -160,7 +160,7 @@ async fn run_step(h: &Handle, step: &Step, originals: &BTreeSet<u32>) -> Result<
                 })
             }
         },
-        Step::SetSysctl { path, value } => write_sysctl(path, value),
+        Step::SetSysctl { path, value } => set_sysctl(h, path, value).await,
         Step::LinkDown { link } => {
             let l = resolve(h, link).await?;
             if l.up {
@@ -448,7 +448,7 @@ pub async fn undo(h: &Handle, st: &RecordedState) -> Vec<NetError> {
             }
             Undo::RestoreSysctl { path } => {
                 if let Some(v) = st.sysctls.get(&path) {
-                    if let Err(e) = write_sysctl(&path, v) {
+                    if let Err(e) = set_sysctl(h, &path, v).await {
                         errors.push(e);
                     }
                 }
@@ -861,12 +861,178 @@ fn resolve_owner(owner: &str) -> Result<u32, NetError> {
     }
 }
 
+/// How one sysctl path is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SysctlTarget<'a> {
+    /// `net/ipv4/conf/<link>/<key>` of a real link (not `all`/`default`) with a known
+    /// `IPV4_DEVCONF_*` id: RTM_SETLINK with IFLA_AF_SPEC → AF_INET → IFLA_INET_CONF, which
+    /// works when `/proc/sys` is mounted read-only (as in a non-privileged pod).
+    Ipv4DevConf { link: &'a str, id: u16 },
+    /// Anything else (global values, IPv6 per-link values: the kernel's AF_INET6
+    /// `set_link_af` accepts only the token and the address generation mode): a write under
+    /// `/proc/sys`.
+    File,
+}
+
+/// Decided by the shape of the path alone, so the plan (and its JSON) does not change.
+fn sysctl_target(path: &str) -> SysctlTarget<'_> {
+    let parts: Vec<&str> = path.split('/').collect();
+    match parts.as_slice() {
+        ["net", "ipv4", "conf", link, key]
+            if !link.is_empty() && *link != "all" && *link != "default" =>
+        {
+            match ipv4_devconf_id(key) {
+                Some(id) => SysctlTarget::Ipv4DevConf { link, id },
+                None => SysctlTarget::File,
+            }
+        }
+        _ => SysctlTarget::File,
+    }
+}
+
+/// The kernel's `IPV4_DEVCONF_*` attribute ids (include/uapi/linux/ip.h) of the per-link
+/// IPv4 sysctls whose file write has no side effect beyond storing the value. (`forwarding`
+/// is left to the file: its sysctl handler also reconfigures the device.)
+fn ipv4_devconf_id(key: &str) -> Option<u16> {
+    Some(match key {
+        "proxy_arp" => 3,
+        "accept_redirects" => 4,
+        "secure_redirects" => 5,
+        "send_redirects" => 6,
+        "shared_media" => 7,
+        "rp_filter" => 8,
+        "accept_source_route" => 9,
+        "bootp_relay" => 10,
+        "log_martians" => 11,
+        "arp_filter" => 13,
+        "arp_announce" => 18,
+        "arp_ignore" => 19,
+        "promote_secondaries" => 20,
+        "arp_accept" => 21,
+        "arp_notify" => 22,
+        "accept_local" => 23,
+        "src_valid_mark" => 24,
+        "proxy_arp_pvlan" => 25,
+        "route_localnet" => 26,
+        _ => return None,
+    })
+}
+
+/// The IFLA_INET_CONF payload: one nested `u32` attribute per value.
+fn inet_conf_payload(values: &[(u16, u32)]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(values.len() * 8);
+    for (id, v) in values {
+        out.extend_from_slice(&8u16.to_ne_bytes());
+        out.extend_from_slice(&id.to_ne_bytes());
+        out.extend_from_slice(&v.to_ne_bytes());
+    }
+    out
+}
+
+/// Sets one sysctl ("make it so"): nothing when it already has the value (reads work on a
+/// read-only `/proc/sys`), rtnetlink for per-link IPv4 values, a file write otherwise.
+async fn set_sysctl(h: &Handle, path: &str, value: &str) -> Result<(), NetError> {
+    let full = Path::new("/proc/sys").join(path);
+    if let Ok(cur) = std::fs::read_to_string(&full) {
+        if cur.trim() == value.trim() {
+            return Ok(());
+        }
+    }
+    match sysctl_target(path) {
+        SysctlTarget::Ipv4DevConf { link, id } => set_ipv4_devconf(h, path, link, id, value).await,
+        SysctlTarget::File => write_sysctl(path, value),
+    }
+}
+
+async fn set_ipv4_devconf(
+    h: &Handle,
+    path: &str,
+    link: &str,
+    id: u16,
+    value: &str,
+) -> Result<(), NetError> {
+    use netlink_packet_route::link::{AfSpecInet, AfSpecUnspec, LinkAttribute};
+    use rtnetlink::packet_core::DefaultNla;
+    const IFLA_INET_CONF: u16 = 1;
+    const NLA_F_NESTED: u16 = 0x8000;
+    let name = path.replace('/', ".");
+    let v: u32 = value.trim().parse::<i32>().map(|v| v as u32).map_err(|_| {
+        NetError::Other(format!(
+            "setting sysctl {name}: {value:?} is not an integer"
+        ))
+    })?;
+    let l = link_by_name(h, link)
+        .await?
+        .ok_or_else(|| NetError::Conflict {
+            object: format!("link {link:?}"),
+            message: format!("does not exist; cannot set {name}"),
+        })?;
+    let mut msg = LinkUnspec::new_with_index(l.index).build();
+    msg.attributes
+        .push(LinkAttribute::AfSpecUnspec(vec![AfSpecUnspec::Inet(vec![
+            AfSpecInet::Other(DefaultNla::new(
+                IFLA_INET_CONF | NLA_F_NESTED,
+                inet_conf_payload(&[(id, v)]),
+            )),
+        ])]));
+    h.link().set(msg).execute().await.map_err(|e| {
+        NetError::netlink(
+            format!("setting {name}={value} over rtnetlink (IFLA_INET_CONF) on"),
+            q(link),
+            e,
+        )
+    })?;
+    // The kernel ignores attributes it does not know: check that the value took.
+    if let Ok(cur) = std::fs::read_to_string(Path::new("/proc/sys").join(path)) {
+        if cur.trim() != value.trim() {
+            return Err(NetError::Other(format!(
+                "setting {name}={value} over rtnetlink: the kernel accepted the request but the value is still {}",
+                cur.trim()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What an operator can do when a sysctl file cannot be written (read-only `/proc/sys`).
+fn read_only_hint(path: &str, value: &str) -> String {
+    let name = path.replace('/', ".");
+    let parts: Vec<&str> = path.split('/').collect();
+    let (what, set) = match parts.as_slice() {
+        ["net", fam @ ("ipv4" | "ipv6"), "conf", link, key]
+            if *link != "all" && *link != "default" =>
+        {
+            let d = format!("net.{fam}.conf.default.{key}");
+            (
+                format!(
+                    "the kernel has no netlink equivalent for {name}, and links the launcher creates inherit {d}: set {d}={value}"
+                ),
+                d,
+            )
+        }
+        _ => (format!("set {name}={value}"), name.clone()),
+    };
+    format!(
+        "{what} for the pod via securityContext.sysctls (the kubelet must allow it, e.g. --allowed-unsafe-sysctls={set}) or run the launcher with a writable /proc/sys"
+    )
+}
+
 fn write_sysctl(path: &str, value: &str) -> Result<(), NetError> {
     let full = Path::new("/proc/sys").join(path);
-    std::fs::write(&full, value).map_err(|source| NetError::Io {
-        operation: format!("setting sysctl to {value:?}:"),
-        object: full.display().to_string(),
-        source,
+    std::fs::write(&full, value).map_err(|source| {
+        if source.raw_os_error() == Some(Errno::EROFS as i32) {
+            NetError::ReadOnlySysctl {
+                name: path.replace('/', "."),
+                value: value.to_string(),
+                hint: read_only_hint(path, value),
+            }
+        } else {
+            NetError::Io {
+                operation: format!("setting sysctl to {value:?}:"),
+                object: full.display().to_string(),
+                source,
+            }
+        }
     })
 }
 
@@ -1139,6 +1305,71 @@ mod tests {
                     name: "t".into()
                 },
             ]
+        );
+    }
+}
+
+#[cfg(test)]
+mod sysctl_tests {
+    use super::*;
+
+    #[test]
+    fn per_link_ipv4_devconf_goes_over_netlink_by_path_shape() {
+        assert_eq!(
+            sysctl_target("net/ipv4/conf/k6t-eth0/arp_ignore"),
+            SysctlTarget::Ipv4DevConf {
+                link: "k6t-eth0",
+                id: 19
+            }
+        );
+        assert_eq!(
+            sysctl_target("net/ipv4/conf/k6t-eth0/route_localnet"),
+            SysctlTarget::Ipv4DevConf {
+                link: "k6t-eth0",
+                id: 26
+            }
+        );
+        for p in [
+            "net/ipv4/ip_forward",
+            "net/ipv4/conf/all/arp_ignore",
+            "net/ipv4/conf/default/arp_ignore",
+            "net/ipv4/conf/k6t-eth0/forwarding",
+            "net/ipv6/conf/k6t-eth0/disable_ipv6",
+            "net/ipv6/conf/all/forwarding",
+        ] {
+            assert_eq!(sysctl_target(p), SysctlTarget::File, "{p}");
+        }
+    }
+
+    #[test]
+    fn inet_conf_payload_is_nested_u32_attributes() {
+        let p = inet_conf_payload(&[(19, 1)]);
+        let mut want = Vec::new();
+        want.extend_from_slice(&8u16.to_ne_bytes());
+        want.extend_from_slice(&19u16.to_ne_bytes());
+        want.extend_from_slice(&1u32.to_ne_bytes());
+        assert_eq!(p, want);
+    }
+
+    #[test]
+    fn read_only_errors_say_what_to_do_and_exit_3() {
+        use crate::error::{Classify, ExitKind};
+        let e = NetError::ReadOnlySysctl {
+            name: "net.ipv4.ip_forward".into(),
+            value: "1".into(),
+            hint: read_only_hint("net/ipv4/ip_forward", "1"),
+        };
+        assert_eq!(e.exit_kind(), ExitKind::Precondition);
+        let s = e.to_string();
+        assert!(
+            s.contains("set net.ipv4.ip_forward=1 for the pod via securityContext.sysctls")
+                && s.contains("writable /proc/sys"),
+            "{s}"
+        );
+        let h = read_only_hint("net/ipv6/conf/k6t-eth0/disable_ipv6", "0");
+        assert!(
+            h.contains("set net.ipv6.conf.default.disable_ipv6=0"),
+            "{h}"
         );
     }
 }

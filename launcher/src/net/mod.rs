@@ -149,6 +149,14 @@ pub enum NetError {
     },
     #[error("{} teardown error(s): {}", .0.len(), join_errors(.0))]
     Teardown(Vec<NetError>),
+    /// A sysctl that has no netlink equivalent could not be written because `/proc/sys` is
+    /// mounted read-only (what container runtimes do for non-privileged pods).
+    #[error("setting sysctl {name}={value}: /proc/sys is read-only in this pod (EROFS); {hint}")]
+    ReadOnlySysctl {
+        name: String,
+        value: String,
+        hint: String,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -217,7 +225,8 @@ impl Classify for NetError {
             | NetError::MissingTool { .. }
             | NetError::Nft { .. }
             | NetError::PlumbedWithoutState { .. }
-            | NetError::UnknownUser { .. } => ExitKind::Precondition,
+            | NetError::UnknownUser { .. }
+            | NetError::ReadOnlySysctl { .. } => ExitKind::Precondition,
             NetError::InvalidSpec { .. }
             | NetError::UnsupportedBinding { .. }
             | NetError::StateMismatch { .. } => ExitKind::InvalidSpec,
