@@ -33,4 +33,13 @@ bash scripts/fuzz.sh "${FUZZ_SECONDS:-45}"
 
 # Last, so that its summary is the run's closing line.
 step "cargo test (unit, golden, integration, end-to-end)"
-cargo test --locked --workspace --no-fail-fast -- --test-threads=2
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --locked --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line for the whole run: the sum of every test binary's result line.
+awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed;/) p += $(i-1); if ($i ~ /^failed;/) f += $(i-1) } }
+     END { printf "%d passed, %d failed\n", p, f }' "$log"
+exit "$rc"
