@@ -126,9 +126,9 @@ pub fn refuse_if_plumbed(
     if let Some(plan) = plan {
         for s in &plan.steps {
             match s {
-                Step::CreateBridge { name, .. } | Step::CreateTap { name, .. } => {
-                    created.push(name)
-                }
+                Step::CreateBridge { name, .. }
+                | Step::CreateTap { name, .. }
+                | Step::CreateMacvlan { name, .. } => created.push(name),
                 Step::CreateStandIn { peer, .. } => created.push(peer),
                 Step::Rename { to, .. } => created.push(to),
                 _ => {}

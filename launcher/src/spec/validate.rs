@@ -1564,7 +1564,9 @@ impl Validator {
                     ),
                 );
             }
-            BindingKind::Sriov | BindingKind::Macvtap if n.multus.is_none() => {
+            // macvtap works on both: on the pod network it is planted on eth0 (net/binding/
+            // macvtap.rs); on a Multus network it attaches to (or is planted on) net<N>.
+            BindingKind::Sriov if n.multus.is_none() => {
                 self.push(
                     field,
                     format!(
@@ -3316,17 +3318,19 @@ mod tests {
     }
 
     #[test]
-    fn sriov_and_macvtap_only_on_multus() {
+    fn sriov_only_on_multus_macvtap_on_both() {
         bad(
             iface(json!({"masquerade": null, "sriov": {}})),
             "spec.domain.devices.interfaces[0].sriov",
             "needs a multus network",
         );
-        bad(
-            iface(json!({"masquerade": null, "macvtap": {}})),
-            "spec.domain.devices.interfaces[0].macvtap",
-            "and network \"default\" is the pod network",
-        );
+        good(iface(json!({"masquerade": null, "macvtap": {}})));
+        good(iface(
+            json!({"masquerade": null, "binding": {"name": "macvtap"}}),
+        ));
+        good(two_nets(
+            json!([{"name": "default", "masquerade": {}}, {"name": "sec", "macvtap": {}}]),
+        ));
         good(two_nets(
             json!([{"name": "default", "masquerade": {}}, {"name": "sec", "sriov": {}}]),
         ));

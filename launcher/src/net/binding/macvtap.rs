@@ -18,7 +18,7 @@
 //! be the reader of `/dev/tapN`). Everything else is the production plan.
 
 use super::bridge::bridge_mac;
-use super::{dhcp_config, guest_mac, BindingPlan, IfaceCtx};
+use super::{dhcp_config, guest_mac, BindingPlan, IfaceCtx, LinkNames, MAX_NAME};
 use crate::net::discover::IfAddress;
 use crate::net::plan::{link_local_avoiding, IfaceResult, LinkRef, Step};
 use crate::net::{Mac, NetError};
@@ -41,21 +41,62 @@ pub fn plan(ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
     plan_with(ctx, stand_in)
 }
 
+/// The names of the guest macvtap and of the DHCP sibling for pod interface `pod_name`:
+/// `macvtap0`/`mvdhcp0` on the pod network, `macvtap1`/`mvdhcp1` for `net1`, and
+/// `mvt<hash>`/`mvd<hash>` for a hashed `pod<hash>` name (15-character limit).
+pub fn device_names(pod_name: &str, primary: bool) -> Result<(String, String), String> {
+    let names = LinkNames::for_pod_interface(pod_name, primary)?;
+    let suffix = &names.tap[3..];
+    let (device, sibling) = if "macvtap".len() + suffix.len() <= MAX_NAME {
+        (format!("macvtap{suffix}"), format!("mvdhcp{suffix}"))
+    } else {
+        (format!("mvt{suffix}"), format!("mvd{suffix}"))
+    };
+    if device.len() > MAX_NAME {
+        return Err(format!(
+            "the derived link name {device:?} (from pod interface {pod_name:?}) is longer than {MAX_NAME} characters"
+        ));
+    }
+    Ok((device, sibling))
+}
+
+/// The netdev-family nftables table that keeps DHCP off pod interface `pod_name`.
+pub fn guard_table(pod_name: &str) -> String {
+    format!("launcher_dhcp_guard_{}", pod_name.replace('-', "_"))
+}
+
+/// The DHCP guard on the macvtap's lower device: IPv4/IPv6 UDP to port 67 or 68 is dropped at
+/// its ingress (before the macvlan receive handler hands frames to the guest's macvtap and to
+/// our server's sibling: no pod-side DHCP reaches either) and at its egress (the guest's
+/// broadcasts and our broadcast replies reach the siblings directly, but never leave the pod).
+pub fn guard_ruleset(table: &str, pod_name: &str) -> String {
+    let chain = |hook: &str| {
+        format!(
+            "\tchain {hook} {{\n\t\ttype filter hook {hook} device \"{pod_name}\" priority filter; policy accept;\n\t\tudp dport {{ 67, 68 }} drop\n\t}}\n"
+        )
+    };
+    format!(
+        "table netdev {table} {{\n{}{}}}\n",
+        chain("ingress"),
+        chain("egress")
+    )
+}
+
 /// [`plan`] with the test hook made explicit (pure).
 pub fn plan_with(ctx: &IfaceCtx<'_>, stand_in: bool) -> Result<BindingPlan, NetError> {
     let pod = ctx.pod_iface;
-    if !ctx.primary {
-        return Err(NetError::UnsupportedBinding {
-            path: ctx.path.clone(),
-            binding: "macvtap on a secondary (Multus) network".into(),
-        });
+    if !ctx.primary && pod.kind.as_deref() == Some("macvtap") {
+        return attach_existing(ctx);
     }
+    let (device, sibling) =
+        device_names(&pod.name, ctx.primary).map_err(|message| NetError::InvalidSpec {
+            path: ctx.path.clone(),
+            message,
+        })?;
     let mac = guest_mac(ctx)?;
     let nic_mac = bridge_mac(pod.mac, mac);
     let srv_mac = dhcp_mac(pod.mac, &[mac, nic_mac]);
     let mtu = pod.mtu;
-    let device = "macvtap0".to_string();
-    let sibling = "mvdhcp0".to_string();
     let nic = LinkRef::Pod {
         index: pod.index,
         name: pod.name.clone(),
@@ -63,8 +104,15 @@ pub fn plan_with(ctx: &IfaceCtx<'_>, stand_in: bool) -> Result<BindingPlan, NetE
     let identity: Vec<IfAddress> = pod.identity_addresses().cloned().collect();
     let server_ip = link_local_avoiding(ctx.position, ctx.pod);
     let dhcp = dhcp_config(ctx, &sibling, server_ip, mac);
+    let table = guard_table(&pod.name);
 
     let mut steps = vec![
+        // The guard first: no DHCP crosses eth0 from the moment a child exists.
+        Step::NftTable {
+            family: "netdev".into(),
+            name: table.clone(),
+            ruleset: guard_ruleset(&table, &pod.name),
+        },
         Step::LinkDown { link: nic.clone() },
         Step::RemoveAddresses {
             link: nic.clone(),
@@ -130,9 +178,81 @@ pub fn plan_with(ctx: &IfaceCtx<'_>, stand_in: bool) -> Result<BindingPlan, NetE
     })
 }
 
+/// A Multus network whose pod interface already is a macvtap (the macvtap CNI made it): the
+/// guest attaches to that device (libvirt opens its `/dev/tapN`). Its MAC becomes the guest's
+/// (the spec's `macAddress` when given; restored on teardown); it is brought up when down.
+/// Nothing else is touched: its L2 network is the guest's, DHCP (if any) comes from that
+/// network, and the launcher serves none (it has no foothold on the lower device, which is
+/// outside the pod).
+fn attach_existing(ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
+    let pod = ctx.pod_iface;
+    let mac = guest_mac(ctx)?;
+    let link = LinkRef::Pod {
+        index: pod.index,
+        name: pod.name.clone(),
+    };
+    let mut steps = Vec::new();
+    if mac != pod.mac {
+        steps.extend([
+            Step::LinkDown { link: link.clone() },
+            Step::SetMac {
+                link: link.clone(),
+                mac,
+            },
+        ]);
+    }
+    if mac != pod.mac || !pod.up {
+        steps.push(Step::LinkUp { link });
+    }
+    Ok(BindingPlan {
+        steps,
+        dhcp_guard_ports: Vec::new(),
+        result: IfaceResult {
+            name: ctx.iface.name.clone(),
+            network: ctx.network.name.clone(),
+            binding: "macvtap".into(),
+            pod_interface: pod.name.clone(),
+            tap: pod.name.clone(),
+            bridge: None,
+            mac,
+            mtu: pod.mtu,
+            queues: 1,
+            guest_ips: Vec::new(),
+            dhcp: None,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn names_fit_and_follow_the_pod_interface() {
+        assert_eq!(
+            device_names("eth0", true).unwrap(),
+            ("macvtap0".into(), "mvdhcp0".into())
+        );
+        assert_eq!(
+            device_names("net3", false).unwrap(),
+            ("macvtap3".into(), "mvdhcp3".into())
+        );
+        assert_eq!(
+            device_names("pod16477688c0e", false).unwrap(),
+            ("mvt16477688c0e".into(), "mvd16477688c0e".into())
+        );
+    }
+
+    #[test]
+    fn guard_drops_dhcp_both_ways_on_the_lower_device() {
+        let r = guard_ruleset(&guard_table("eth0"), "eth0");
+        assert_eq!(
+            r,
+            "table netdev launcher_dhcp_guard_eth0 {\n\
+             \tchain ingress {\n\t\ttype filter hook ingress device \"eth0\" priority filter; policy accept;\n\t\tudp dport { 67, 68 } drop\n\t}\n\
+             \tchain egress {\n\t\ttype filter hook egress device \"eth0\" priority filter; policy accept;\n\t\tudp dport { 67, 68 } drop\n\t}\n}\n"
+        );
+    }
 
     #[test]
     fn dhcp_mac_differs_from_guest_nic_and_pod() {

@@ -9,9 +9,10 @@
 //!   handed to the guest over DHCP), routes flushed, MAC changed to `02:6b:36` + the low three
 //!   bytes of *M* (so the kernel's own IPv6 link-local and neighbour traffic never claims the
 //!   guest's MAC *M*), up;
-//! - `tap0` ingress: (pref 1, 2) IPv4 UDP to port 67 / 68 from *G* stays on `tap0` (served by
-//!   our DHCP server bound to `tap0`), (pref 3) everything else is redirected to `eth0`'s
-//!   egress;
+//! - `tap0` ingress: (pref 1, 2) IPv4 UDP to port 67 / 68, from any MAC, stays on `tap0`
+//!   (served by our DHCP server bound to `tap0`, which answers only *G*: a foreign MAC gets no
+//!   answer and the guest side's DHCP never reaches the pod network), (pref 3) everything else
+//!   is redirected to `eth0`'s egress;
 //! - `eth0` ingress: (pref 1, 2) IPv4 UDP to port 67 / 68 stays on `eth0`, where nothing
 //!   listens (pod-side DHCP never reaches the guest; our server is bound to `tap0`), (pref 3)
 //!   everything else is redirected to `tap0`'s egress.
@@ -129,15 +130,17 @@ pub fn plan_with_device(
     })
 }
 
-/// The tap's ingress: the guest's DHCP (from its MAC) stays local, the rest goes to the pod NIC.
-pub fn guest_side_filters(guest: Mac, nic: LinkRef) -> Vec<TcFilter> {
+/// The tap's ingress: DHCP from the guest side stays local whatever its source MAC (our
+/// server on the tap answers only the VM's MAC, so a foreign MAC gets no answer, and no DHCP
+/// from the guest side ever reaches the pod network), the rest goes to the pod NIC.
+pub fn guest_side_filters(_guest: Mac, nic: LinkRef) -> Vec<TcFilter> {
     vec![
         TcFilter::KeepLocalUdp {
-            src_mac: Some(guest),
+            src_mac: None,
             dport: 67,
         },
         TcFilter::KeepLocalUdp {
-            src_mac: Some(guest),
+            src_mac: None,
             dport: 68,
         },
         TcFilter::RedirectTo { to: nic },
@@ -182,12 +185,20 @@ pub fn tc_ingress_commands(
                 if let Some(m) = src_mac {
                     c.extend(s(&["match", "ether", "src", &m.to_string()]));
                 }
+                // UDP, first fragment (offset 0: later fragments carry no UDP header, and
+                // their payload must not be mistaken for a port), then the port.
                 c.extend(s(&[
                     "match",
                     "ip",
                     "protocol",
                     "17",
                     "0xff",
+                    "match",
+                    "u16",
+                    "0",
+                    "0x1fff",
+                    "at",
+                    "6",
                     "match",
                     "ip",
                     "dport",
@@ -231,8 +242,8 @@ mod tests {
             vec![
                 "qdisc replace dev tap0 clsact",
                 "filter del dev tap0 ingress",
-                "filter add dev tap0 ingress pref 1 protocol ip u32 match ether src 0a:58:0a:f4:01:05 match ip protocol 17 0xff match ip dport 67 0xffff classid 1:1",
-                "filter add dev tap0 ingress pref 2 protocol ip u32 match ether src 0a:58:0a:f4:01:05 match ip protocol 17 0xff match ip dport 68 0xffff classid 1:1",
+                "filter add dev tap0 ingress pref 1 protocol ip u32 match ip protocol 17 0xff match u16 0 0x1fff at 6 match ip dport 67 0xffff classid 1:1",
+                "filter add dev tap0 ingress pref 2 protocol ip u32 match ip protocol 17 0xff match u16 0 0x1fff at 6 match ip dport 68 0xffff classid 1:1",
                 "filter add dev tap0 ingress pref 3 protocol all u32 match u32 0 0 action mirred egress redirect dev eth0",
             ]
         );
