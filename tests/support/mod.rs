@@ -497,3 +497,105 @@ pub fn marker_lines(log: &str, prefix: &str) -> Vec<String> {
         .filter_map(|l| l.find(prefix).map(|i| l[i..].trim_end().to_string()))
         .collect()
 }
+
+// ------------------------------------------------------------------------------------------
+// l2e2e (issue 7: macvtap and tc-redirect): helpers shared by tests/net_l2.rs and
+// tests/l2_e2e.rs.
+
+/// A UDP listener on `0.0.0.0:port` inside network namespace `netns` (`/run/netns/NAME`),
+/// run by a thread of the test process (setns affects that thread only; the socket stays in
+/// that namespace). It counts the datagrams that arrive: a witness that DHCP did (or did not)
+/// cross a guard. Stops when dropped.
+pub struct UdpWitness {
+    count: std::sync::Arc<AtomicU64>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpWitness {
+    pub fn start(netns: &str, port: u16) -> UdpWitness {
+        let count = std::sync::Arc::new(AtomicU64::new(0));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (tx, rx) = std::sync::mpsc::channel::<Result<(), String>>();
+        let path = format!("/run/netns/{netns}");
+        let (c, s) = (count.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let setup = || -> Result<std::net::UdpSocket, String> {
+                let f = fs::File::open(&path).map_err(|e| format!("{path}: {e}"))?;
+                nix::sched::setns(&f, nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(|e| format!("setns {path}: {e}"))?;
+                let sock = std::net::UdpSocket::bind(("0.0.0.0", port))
+                    .map_err(|e| format!("binding UDP port {port} in {path}: {e}"))?;
+                sock.set_read_timeout(Some(Duration::from_millis(100)))
+                    .map_err(|e| e.to_string())?;
+                Ok(sock)
+            };
+            let sock = match setup() {
+                Ok(s) => {
+                    let _ = tx.send(Ok(()));
+                    s
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let mut buf = [0u8; 2048];
+            while !s.load(Ordering::Relaxed) {
+                if sock.recv_from(&mut buf).is_ok() {
+                    c.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        });
+        match rx.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("UDP witness: {e}"),
+            Err(_) => panic!("UDP witness thread died"),
+        }
+        UdpWitness {
+            count,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Datagrams received so far.
+    pub fn count(&self) -> u64 {
+        self.count.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for UdpWitness {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Every qdisc and every ingress/egress filter of every link in the pod (the part of the
+/// pod's network state `sandbox.sh snapshot` does not show), for before/after comparisons.
+pub fn tc_snapshot(sb: &Sandbox) -> String {
+    sb.sh(
+        "for d in $(ip -o link show | cut -d: -f2 | cut -d@ -f1); do echo \"## $d\"; \
+         tc qdisc show dev $d; tc filter show dev $d ingress; tc filter show dev $d egress; done",
+    )
+}
+
+/// Line diff of two snapshots ("- " only in `a`, "+ " only in `b`), for assertion messages.
+pub fn line_diff(a: &str, b: &str) -> String {
+    let (a, b): (Vec<_>, Vec<_>) = (a.lines().collect(), b.lines().collect());
+    let mut out = String::new();
+    for l in &a {
+        if !b.contains(l) {
+            out += &format!("- {l}\n");
+        }
+    }
+    for l in &b {
+        if !a.contains(l) {
+            out += &format!("+ {l}\n");
+        }
+    }
+    out
+}

@@ -65,20 +65,31 @@ pub fn guard_table(pod_name: &str) -> String {
     format!("launcher_dhcp_guard_{}", pod_name.replace('-', "_"))
 }
 
-/// The DHCP guard on the macvtap's lower device: IPv4/IPv6 UDP to port 67 or 68 is dropped at
-/// its ingress (before the macvlan receive handler hands frames to the guest's macvtap and to
-/// our server's sibling: no pod-side DHCP reaches either) and at its egress (the guest's
-/// broadcasts and our broadcast replies reach the siblings directly, but never leave the pod).
-pub fn guard_ruleset(table: &str, pod_name: &str) -> String {
-    let chain = |hook: &str| {
+/// The DHCP guard on the macvtap's lower device (`pod_name`), guest MAC `guest`, DHCP
+/// sibling's MAC `server` (none when the pod interface has no IPv4, hence no server):
+/// - egress: UDP to port 67 or 68 never leaves the pod (the guest's broadcasts and our
+///   broadcast replies reach the siblings directly, inside the macvlan driver);
+/// - ingress: UDP to port 68 only from our server, UDP to port 67 only from the guest. A
+///   macvlan hands unicast frames to a bridge-mode sibling through its lower device's receive
+///   path, so our unicast offers and the guest's unicast renewals cross this hook; everything
+///   else (offers from a pod-side server, requests of foreign MACs) is dropped before the
+///   macvlan receive handler could give it to the guest or to our server.
+pub fn guard_ruleset(table: &str, pod_name: &str, guest: Mac, server: Option<Mac>) -> String {
+    let head = |hook: &str| {
         format!(
-            "\tchain {hook} {{\n\t\ttype filter hook {hook} device \"{pod_name}\" priority filter; policy accept;\n\t\tudp dport {{ 67, 68 }} drop\n\t}}\n"
+            "\tchain {hook} {{\n\t\ttype filter hook {hook} device \"{pod_name}\" priority filter; policy accept;\n"
         )
     };
+    let ingress = match server {
+        Some(srv) => format!(
+            "\t\tudp dport 67 ether saddr != {guest} drop\n\t\tudp dport 68 ether saddr != {srv} drop\n"
+        ),
+        None => "\t\tudp dport { 67, 68 } drop\n".to_string(),
+    };
     format!(
-        "table netdev {table} {{\n{}{}}}\n",
-        chain("ingress"),
-        chain("egress")
+        "table netdev {table} {{\n{}{ingress}\t}}\n{}\t\tudp dport {{ 67, 68 }} drop\n\t}}\n}}\n",
+        head("ingress"),
+        head("egress"),
     )
 }
 
@@ -111,7 +122,7 @@ pub fn plan_with(ctx: &IfaceCtx<'_>, stand_in: bool) -> Result<BindingPlan, NetE
         Step::NftTable {
             family: "netdev".into(),
             name: table.clone(),
-            ruleset: guard_ruleset(&table, &pod.name),
+            ruleset: guard_ruleset(&table, &pod.name, mac, dhcp.as_ref().map(|_| srv_mac)),
         },
         Step::LinkDown { link: nic.clone() },
         Step::RemoveAddresses {
@@ -245,13 +256,19 @@ mod tests {
 
     #[test]
     fn guard_drops_dhcp_both_ways_on_the_lower_device() {
-        let r = guard_ruleset(&guard_table("eth0"), "eth0");
+        let g = Mac([0x0a, 0x58, 0x0a, 0xf4, 0x01, 0x05]);
+        let srv = Mac([0x02, 0x6b, 0x64, 0xf4, 0x01, 0x05]);
+        let r = guard_ruleset(&guard_table("eth0"), "eth0", g, Some(srv));
         assert_eq!(
             r,
             "table netdev launcher_dhcp_guard_eth0 {\n\
-             \tchain ingress {\n\t\ttype filter hook ingress device \"eth0\" priority filter; policy accept;\n\t\tudp dport { 67, 68 } drop\n\t}\n\
+             \tchain ingress {\n\t\ttype filter hook ingress device \"eth0\" priority filter; policy accept;\n\
+             \t\tudp dport 67 ether saddr != 0a:58:0a:f4:01:05 drop\n\
+             \t\tudp dport 68 ether saddr != 02:6b:64:f4:01:05 drop\n\t}\n\
              \tchain egress {\n\t\ttype filter hook egress device \"eth0\" priority filter; policy accept;\n\t\tudp dport { 67, 68 } drop\n\t}\n}\n"
         );
+        let r = guard_ruleset(&guard_table("eth0"), "eth0", g, None);
+        assert!(r.contains("hook ingress device \"eth0\" priority filter; policy accept;\n\t\tudp dport { 67, 68 } drop\n"), "{r}");
     }
 
     #[test]
