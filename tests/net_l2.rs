@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use launcher::net::discover::DiscoveredPod;
 use launcher::net::plan::{plan, PlanOptions, Step, TcFilter};
 use launcher::net::NetPlan;
-use support::{Sandbox, Style};
+use support::{line_diff as diff, Sandbox, Style, UdpWitness};
 
 // ------------------------------------------------------------------------------------------
 // Golden plans.
@@ -148,10 +148,20 @@ fn check_tc_invariants(p: &NetPlan, pod_mac: &str) {
     for f in &tc {
         assert!(matches!(f.last(), Some(TcFilter::RedirectTo { .. })));
     }
-    assert!(tc[0].iter().any(|f| matches!(
-        f,
-        TcFilter::KeepLocalUdp { src_mac: Some(m), dport: 67 } if m.to_string() == pod_mac
-    )));
+    // DHCP from the guest side stays local whatever its source MAC (a foreign MAC's requests
+    // must not reach the pod network; our server answers only the VM's MAC), and DHCP from the
+    // pod side never reaches the guest.
+    for side in &tc {
+        for port in [67, 68] {
+            assert!(
+                side.iter().any(|f| matches!(
+                    f,
+                    TcFilter::KeepLocalUdp { src_mac: None, dport } if *dport == port
+                )),
+                "{side:?}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -183,11 +193,8 @@ spec:
   networks: [{name: default, pod: {}}]
 ";
 
-/// The macvtap VMI, built without spec validation (which, owned by the spec module, still
-/// refuses macvtap on the pod network).
 fn macvtap_vmi() -> launcher::spec::Vmi {
-    let v: serde_json::Value = serde_yaml_ng::from_str(MACVTAP_VMI).unwrap();
-    serde_json::from_value(v).expect("macvtap fixture")
+    vmi(MACVTAP_VMI)
 }
 
 fn macvtap_plan(eth0: serde_json::Value) -> NetPlan {
@@ -205,6 +212,7 @@ fn check_macvtap_invariants(p: &NetPlan, pod_mac: &str) {
     assert_eq!(d.interface, "mvdhcp0");
     let mut macs = Vec::new();
     let mut set_mac_before_children = false;
+    let mut guard = false;
     for s in &p.steps {
         match s {
             Step::SetMac { mac, .. } => {
@@ -217,13 +225,22 @@ fn check_macvtap_invariants(p: &NetPlan, pod_mac: &str) {
                     assert!(tap, "the guest device is a macvtap");
                 }
             }
-            Step::CreateBridge { .. } | Step::CreateTap { .. } | Step::NftTable { .. } => {
-                panic!("macvtap plans have no bridge, tap or nft: {s:?}")
+            Step::NftTable { family, name, ruleset } => {
+                // The DHCP guard, before any child exists.
+                assert!(macs.is_empty(), "the guard comes first");
+                assert_eq!((family.as_str(), name.as_str()), ("netdev", "launcher_dhcp_guard_eth0"));
+                assert!(ruleset.contains(&format!("udp dport 67 ether saddr != {pod_mac} drop")), "{ruleset}");
+                assert!(ruleset.contains("hook egress device \"eth0\""), "{ruleset}");
+                guard = true;
+            }
+            Step::CreateBridge { .. } | Step::CreateTap { .. } => {
+                panic!("macvtap plans have no bridge or tap: {s:?}")
             }
             _ => {}
         }
     }
     assert!(set_mac_before_children, "eth0 gets another MAC first");
+    assert!(guard, "a DHCP guard on eth0");
     assert_eq!(macs.len(), 3);
     assert!(macs.contains(&pod_mac.to_string()));
     let unique: std::collections::BTreeSet<_> = macs.iter().collect();
@@ -364,9 +381,20 @@ impl Drop for Served {
 
 /// busybox udhcpc in netns `ns` on eth0; the env of its `bound` event, if any.
 fn udhcpc(ns: &str, dir: &Path, tries: u32) -> Option<std::collections::HashMap<String, String>> {
+    udhcpc_on(ns, "eth0", dir, "udhcpc", tries)
+}
+
+/// busybox udhcpc in netns `ns` on `iface`; `tag` names its files in `dir`.
+fn udhcpc_on(
+    ns: &str,
+    iface: &str,
+    dir: &Path,
+    tag: &str,
+    tries: u32,
+) -> Option<std::collections::HashMap<String, String>> {
     use std::os::unix::fs::PermissionsExt;
-    let out = dir.join("udhcpc");
-    let script = dir.join("udhcpc.sh");
+    let out = dir.join(tag);
+    let script = dir.join(format!("{tag}.sh"));
     std::fs::write(
         &script,
         format!("#!/bin/sh\nenv > {}.$1.env\n", out.display()),
@@ -375,7 +403,7 @@ fn udhcpc(ns: &str, dir: &Path, tries: u32) -> Option<std::collections::HashMap<
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
     let o = Command::new("ip")
         .args(["netns", "exec", ns, "busybox", "udhcpc", "-f", "-q", "-n"])
-        .args(["-t", &tries.to_string(), "-T", "1", "-i", "eth0", "-s"])
+        .args(["-t", &tries.to_string(), "-T", "1", "-i", iface, "-s"])
         .arg(&script)
         .args(["-O", "staticroutes", "-O", "mtu"])
         .output()
@@ -383,13 +411,87 @@ fn udhcpc(ns: &str, dir: &Path, tries: u32) -> Option<std::collections::HashMap<
     if !o.status.success() {
         return None;
     }
-    let text = std::fs::read_to_string(dir.join("udhcpc.bound.env")).ok()?;
+    let text = std::fs::read_to_string(dir.join(format!("{tag}.bound.env"))).ok()?;
     Some(
         text.lines()
             .filter_map(|l| l.split_once('='))
             .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
             .collect(),
     )
+}
+
+/// A MAC that is neither the pod's nor the guest's.
+const FOREIGN_MAC: &str = "02:00:00:00:0f:0f";
+
+/// The DHCP guard of a binding, checked both ways, each with a control step that shows the
+/// check can fail:
+/// 1. a foreign MAC on the guest side gets no lease, and none of its DHCP reaches the node
+///    (a UDP 67 witness in the node namespace); control: without the guard it does reach it;
+/// 2. a DHCP client on the node side (a macvlan on the node's veth, foreign MAC) gets no
+///    lease, and none of its DHCP reaches the guest (a UDP 67 witness in the guest
+///    namespace); control: without the guard it does reach the guest.
+///
+/// `remove_guard` takes the guard away, `restore_guard` puts it back; the guest's device in
+/// netns `guest` is `eth0` with the VM's MAC `guest_mac`, restored at the end.
+fn check_dhcp_guard(
+    sb: &Sandbox,
+    guest: &str,
+    guest_mac: &str,
+    dir: &Path,
+    remove_guard: &dyn Fn(),
+    restore_guard: &dyn Fn(),
+) {
+    let info = sb.info().clone();
+    let set_guest_mac = |mac: &str| {
+        run(
+            Command::new("ip").args(["-n", guest, "link", "set", "eth0", "address", mac]),
+            "setting the guest's MAC",
+        );
+    };
+    // 1. Guest side, foreign MAC.
+    set_guest_mac(FOREIGN_MAC);
+    let node_w = UdpWitness::start(&info.node_netns, 67);
+    let lease = udhcpc_on(guest, "eth0", dir, "foreign", 2);
+    assert!(lease.is_none(), "a foreign MAC got a lease: {lease:?}");
+    assert_eq!(node_w.count(), 0, "DHCP of a foreign guest-side MAC reached the node");
+    remove_guard();
+    let _ = udhcpc_on(guest, "eth0", dir, "foreign-control", 2);
+    assert!(
+        node_w.count() > 0,
+        "control: without the guard the foreign MAC's DHCP should reach the node"
+    );
+    restore_guard();
+    drop(node_w);
+    set_guest_mac(guest_mac);
+
+    // 2. Node side.
+    let node = &info.node_netns;
+    let spoof = "sbspoof";
+    run(
+        Command::new("ip")
+            .args(["-n", node, "link", "add", spoof, "address", FOREIGN_MAC])
+            .args(["link", &info.node_veth, "type", "macvlan", "mode", "bridge"]),
+        "adding the node-side macvlan",
+    );
+    run(
+        Command::new("ip").args(["-n", node, "link", "set", spoof, "up"]),
+        "node-side macvlan up",
+    );
+    let guest_w = UdpWitness::start(guest, 67);
+    let lease = udhcpc_on(node, spoof, dir, "node", 2);
+    assert!(lease.is_none(), "a node-side client got a lease: {lease:?}");
+    assert_eq!(guest_w.count(), 0, "node-side DHCP reached the guest");
+    remove_guard();
+    let _ = udhcpc_on(node, spoof, dir, "node-control", 2);
+    assert!(
+        guest_w.count() > 0,
+        "control: without the guard node-side DHCP should reach the guest"
+    );
+    restore_guard();
+    drop(guest_w);
+    let _ = Command::new("ip")
+        .args(["-n", node, "link", "del", spoof])
+        .status();
 }
 
 fn tc_redirect_end_to_end(style: Style) {
@@ -474,8 +576,50 @@ fn tc_redirect_end_to_end(style: Style) {
         "{filters}"
     );
 
-    // The guest gets the pod's IP from our server on tap0.
+    if !calico {
+        let bin = support::launcher_bin();
+        let tc_del = |dev: &str| {
+            for pref in ["1", "2"] {
+                sb.exec_ok(&["tc", "filter", "del", "dev", dev, "ingress", "pref", pref]);
+            }
+        };
+        check_dhcp_guard(
+            &sb,
+            &g.0,
+            &info.pod_mac,
+            dir.path(),
+            &|| {
+                tc_del("tap0");
+                tc_del("eth0");
+            },
+            &|| {
+                let o = sb
+                    .exec_cmd(&[
+                        bin.to_str().unwrap(),
+                        "network",
+                        "setup",
+                        "--vmi",
+                        vmi.to_str().unwrap(),
+                        "--run-dir",
+                        run_dir.to_str().unwrap(),
+                    ])
+                    .env("LAUNCHER_TC_REDIRECT_DEVICE", "tap0")
+                    .output()
+                    .unwrap();
+                assert!(
+                    o.status.success(),
+                    "re-running setup to restore the filters: {}",
+                    support::show(&o)
+                );
+            },
+        );
+    }
+
+    // The guest gets the pod's IP from our server on tap0, and its DHCP stays in the pod.
+    let node_w = UdpWitness::start(&info.node_netns, 67);
     let env = udhcpc(&g.0, dir.path(), 5).expect("udhcpc got no lease through tc-redirect");
+    assert_eq!(node_w.count(), 0, "the guest's DHCP reached the node");
+    drop(node_w);
     assert_eq!(env.get("ip"), Some(&info.pod_ip), "{env:?}");
     assert_eq!(
         env.get("serverid").map(String::as_str),
@@ -526,22 +670,6 @@ fn tc_redirect_end_to_end(style: Style) {
     assert!(!run_dir.join("network-state.json").exists());
 }
 
-fn diff(a: &str, b: &str) -> String {
-    let (a, b): (Vec<_>, Vec<_>) = (a.lines().collect(), b.lines().collect());
-    let mut out = String::new();
-    for l in &a {
-        if !b.contains(l) {
-            out += &format!("- {l}\n");
-        }
-    }
-    for l in &b {
-        if !a.contains(l) {
-            out += &format!("+ {l}\n");
-        }
-    }
-    out
-}
-
 #[test]
 fn tc_redirect_flannel_dhcp_ping_and_exact_restore() {
     tc_redirect_end_to_end(Style::Flannel);
@@ -553,43 +681,7 @@ fn tc_redirect_calico_dhcp_ping_and_exact_restore() {
 }
 
 // ------------------------------------------------------------------------------------------
-// macvtap. `launcher network setup` runs spec validation, which (spec module) still refuses
-// macvtap on the pod network; so this test drives the same library calls the command makes
-// (`net::setup`, `Dhcp4Servers::start`, `net::teardown`) from a helper entry point of this
-// test binary, run inside the pod by `sandbox.sh exec`.
-
-/// Helper entry point (not a test of its own): run by `macvtap_flannel_*` inside the pod.
-#[test]
-#[ignore = "helper entry point: run inside a sandbox pod by the macvtap end-to-end test"]
-fn macvtap_helper_in_pod() {
-    let run_dir = std::env::var("NET_L2_RUN_DIR").expect("NET_L2_RUN_DIR (set by the test)");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let opts = launcher::net::SetupOptions {
-            run_dir: run_dir.into(),
-            tap_owner: "root".into(),
-            resolv_conf: "/etc/resolv.conf".into(),
-            hostname: None,
-        };
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
-        let result = launcher::net::setup(&opts, &macvtap_vmi())
-            .await
-            .expect("network setup (macvtap)");
-        let servers = launcher::dhcp::server::Dhcp4Servers::start(result.dhcp_configs())
-            .await
-            .expect("starting DHCP");
-        eprintln!("serving DHCP until SIGTERM");
-        term.recv().await;
-        servers.shutdown().await;
-        launcher::net::teardown(&opts.run_dir)
-            .await
-            .expect("network teardown (macvtap)");
-    });
-}
+// macvtap on the pod network.
 
 fn macvtap_end_to_end(style: Style) {
     support::require_root();
@@ -601,17 +693,16 @@ fn macvtap_end_to_end(style: Style) {
         .tempdir()
         .unwrap();
     let run_dir = dir.path().join("run");
+    let vmi = dir.path().join("vmi.yaml");
+    std::fs::write(&vmi, MACVTAP_VMI).unwrap();
     let before = sb.snapshot();
-    let exe = std::env::current_exe().unwrap();
-    let mut cmd = sb.exec_cmd(&[
-        exe.to_str().unwrap(),
-        "macvtap_helper_in_pod",
-        "--exact",
-        "--ignored",
-        "--nocapture",
-    ]);
-    cmd.env("NET_L2_RUN_DIR", &run_dir);
-    let served = Served::spawn(cmd, &[("LAUNCHER_MACVTAP_STAND_IN", "1")]);
+    let tc_before = support::tc_snapshot(&sb);
+    let served = Served::start(
+        &sb,
+        &vmi,
+        &run_dir,
+        &[("LAUNCHER_MACVTAP_STAND_IN", "1")],
+    );
 
     let links = sb.exec_ok(&["ip", "-d", "link"]);
     assert!(links.contains("mvdhcp0@eth0"), "{links}");
@@ -645,7 +736,27 @@ fn macvtap_end_to_end(style: Style) {
             "guest link up",
         );
     }
+    if !calico {
+        let saved = sb.exec_ok(&["nft", "list", "table", "netdev", "launcher_dhcp_guard_eth0"]);
+        let saved_path = dir.path().join("guard.nft");
+        std::fs::write(&saved_path, &saved).unwrap();
+        check_dhcp_guard(
+            &sb,
+            &g.0,
+            &info.pod_mac,
+            dir.path(),
+            &|| {
+                sb.exec_ok(&["nft", "delete", "table", "netdev", "launcher_dhcp_guard_eth0"]);
+            },
+            &|| {
+                sb.exec_ok(&["nft", "-f", saved_path.to_str().unwrap()]);
+            },
+        );
+    }
+    let node_w = UdpWitness::start(&info.node_netns, 67);
     let env = udhcpc(&g.0, dir.path(), 5).expect("udhcpc got no lease through macvtap");
+    assert_eq!(node_w.count(), 0, "the guest's DHCP reached the node");
+    drop(node_w);
     assert_eq!(env.get("ip"), Some(&info.pod_ip), "{env:?}");
     assert_eq!(
         env.get("serverid").map(String::as_str),
@@ -681,6 +792,8 @@ fn macvtap_end_to_end(style: Style) {
         "the pod differs from its snapshot before setup:\n{}",
         diff(&before, &after)
     );
+    let tc_after = support::tc_snapshot(&sb);
+    assert!(tc_before == tc_after, "{}", diff(&tc_before, &tc_after));
     assert!(!run_dir.join("network-state.json").exists());
 }
 
