@@ -265,6 +265,167 @@ fn golden_macvtap_calico() {
     golden("macvtap-calico", &p);
 }
 
+const MULTUS_MACVTAP_VMI: &str = "
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: testvm}
+spec:
+  domain:
+    resources: {requests: {memory: 128Mi}}
+    devices:
+      interfaces:
+      - {name: default, bridge: {}}
+      - {name: sec, macvtap: {}, macAddress: '02:00:00:00:aa:01'}
+  networks:
+  - {name: default, pod: {}}
+  - {name: sec, multus: {networkName: macvtap-net}}
+";
+
+fn net1(kind: &str) -> serde_json::Value {
+    serde_json::json!({"index": 7, "name": "net1", "mac": "0a:58:0a:00:00:07", "mtu": 1500, "up": true,
+        "kind": kind, "addresses": [], "routes": []})
+}
+
+fn pod_with(extra: serde_json::Value) -> DiscoveredPod {
+    serde_json::from_value(serde_json::json!({
+        "interfaces": [lo(), flannel_eth0(), extra],
+        "dns": {"nameservers_v4": ["10.96.0.10"], "nameservers_v6": [], "search": ["default.svc.cluster.local"]},
+        "hostname": "testvm"
+    }))
+    .expect("fixture pod")
+}
+
+/// macvtap on a Multus network whose interface already is a macvtap: attach to it (no new
+/// device, no DHCP server); its MAC becomes the spec's, nothing else changes.
+#[test]
+fn golden_macvtap_multus_attach() {
+    std::env::remove_var("LAUNCHER_MACVTAP_STAND_IN");
+    let p = plan(
+        &pod_with(net1("macvtap")),
+        &vmi(MULTUS_MACVTAP_VMI),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let r = &p.interfaces[1];
+    assert_eq!(r.binding, "macvtap");
+    assert_eq!(r.tap, "net1", "the guest opens the existing macvtap");
+    assert_eq!(r.mac.to_string(), "02:00:00:00:aa:01");
+    assert!(r.dhcp.is_none());
+    let net1_steps: Vec<_> = p
+        .steps
+        .iter()
+        .filter(|s| serde_json::to_string(s).unwrap().contains("\"net1\""))
+        .map(|s| s.describe())
+        .collect();
+    assert_eq!(
+        net1_steps,
+        vec![
+            "setting pod interface \"net1\" (index 7) down",
+            "setting the MAC of pod interface \"net1\" (index 7) to 02:00:00:00:aa:01",
+            "setting pod interface \"net1\" (index 7) up",
+        ]
+    );
+    assert!(!p
+        .steps
+        .iter()
+        .any(|s| matches!(s, Step::CreateMacvlan { .. })));
+    golden("macvtap-multus-attach", &p);
+}
+
+/// macvtap on a Multus network whose interface is not a macvtap: planted like on the pod
+/// network, with the interface's own names and guard.
+#[test]
+fn golden_macvtap_multus_planted() {
+    std::env::remove_var("LAUNCHER_MACVTAP_STAND_IN");
+    let mut n = net1("veth");
+    n["addresses"] = serde_json::json!([{"address": "10.245.1.5", "prefix_len": 24}]);
+    let p = plan(
+        &pod_with(n),
+        &vmi(MULTUS_MACVTAP_VMI),
+        &PlanOptions::default(),
+    )
+    .unwrap();
+    let r = &p.interfaces[1];
+    assert_eq!(r.tap, "macvtap1");
+    let d = r.dhcp.as_ref().expect("a DHCP server for an interface with IPv4");
+    assert_eq!(d.interface, "mvdhcp1");
+    assert_eq!(d.client_ip.to_string(), "10.245.1.5");
+    assert!(p.steps.iter().any(|s| matches!(
+        s,
+        Step::NftTable { family, name, .. } if family == "netdev" && name == "launcher_dhcp_guard_net1"
+    )));
+    golden("macvtap-multus-planted", &p);
+}
+
+/// The domain XML `launcher run` gives libvirt for a network plan (the real network result
+/// through `supervise::nic_inputs`, stand-in pod facts), compared with
+/// `tests/golden/net/<case>.xml` and checked by `virt-xml-validate`.
+fn golden_xml(case: &str, vmi: &launcher::spec::Vmi, p: &NetPlan) {
+    use clap::Parser;
+    let cli = launcher::cli::Cli::try_parse_from([
+        "launcher",
+        "--accel",
+        "tcg",
+        "--run-dir",
+        "/var/run/kubevirt-private",
+        "render",
+    ])
+    .expect("CLI");
+    let facts = launcher::domain::PodFacts::stand_in(
+        &cli.global,
+        vmi,
+        launcher::domain::Hypervisor::Qemu,
+    )
+    .unwrap();
+    let nics = launcher::supervise::nic_inputs(&p.result()).expect("nic inputs");
+    let dp = launcher::domain::plan::plan(vmi, &nics, &facts).expect("domain plan");
+    let xml = launcher::domain::render::render(&dp, None).expect("render");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/golden/net")
+        .join(format!("{case}.xml"));
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(&path, &xml).unwrap();
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        want == xml,
+        "domain XML for {case} differs from {} (UPDATE_GOLDEN=1 regenerates; review git diff)\n{xml}",
+        path.display()
+    );
+    let o = Command::new("virt-xml-validate")
+        .arg(&path)
+        .arg("domain")
+        .output()
+        .expect("virt-xml-validate (libvirt-clients, libxml2-utils)");
+    assert!(
+        o.status.success(),
+        "{}: {}",
+        path.display(),
+        support::show(&o)
+    );
+}
+
+#[test]
+fn golden_domain_xml_of_the_l2_bindings() {
+    std::env::remove_var("LAUNCHER_MACVTAP_STAND_IN");
+    std::env::remove_var("LAUNCHER_TC_REDIRECT_DEVICE");
+    let opts = PlanOptions::default();
+    let v = vmi(MACVTAP_VMI);
+    let p = plan(&pod(flannel_eth0()), &v, &opts).unwrap();
+    golden_xml("macvtap-flannel", &v, &p);
+    let v = vmi(TC_VMI);
+    let p = plan(&pod(flannel_eth0()), &v, &opts).unwrap();
+    golden_xml("tc-redirect-flannel", &v, &p);
+    let v = vmi(MULTUS_MACVTAP_VMI);
+    let p = plan(&pod_with(net1("macvtap")), &v, &opts).unwrap();
+    golden_xml("macvtap-multus-attach", &v, &p);
+    let xml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/net/macvtap-multus-attach.xml"),
+    )
+    .unwrap();
+    assert!(xml.contains("<target dev='net1' managed='no'/>") || xml.contains("<target dev=\"net1\" managed=\"no\"/>"), "{xml}");
+}
+
 // ------------------------------------------------------------------------------------------
 // Root tests in sandbox pods.
 
