@@ -35,6 +35,19 @@ struct Case {
 
 impl Case {
     fn new(style: Style, uid: &'static str, iface: &str) -> Case {
+        Case::new_with(style, uid, iface, "", "", "")
+    }
+
+    /// `more_ifaces`/`more_nets` are appended to the interface and network lists; `more_ping`
+    /// adds addresses to `guest.ping=`.
+    fn new_with(
+        style: Style,
+        uid: &'static str,
+        iface: &str,
+        more_ifaces: &str,
+        more_nets: &str,
+        more_ping: &str,
+    ) -> Case {
         require_root();
         let sb = Sandbox::create(style);
         let dir = tempfile::Builder::new()
@@ -46,10 +59,12 @@ impl Case {
         let g = test_guest();
         std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
         std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
-        let args = support::guest_cmdline(&format!(
-            "guest.ping={} guest.listen={PORT}",
-            sb.info().node_ip
-        ));
+        let ping = if more_ping.is_empty() {
+            sb.info().node_ip.clone()
+        } else {
+            format!("{},{more_ping}", sb.info().node_ip)
+        };
+        let args = support::guest_cmdline(&format!("guest.ping={ping} guest.listen={PORT}"));
         let vmi = format!(
             r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -69,10 +84,10 @@ spec:
     devices:
       autoattachGraphicsDevice: false
       interfaces:
-        - {{name: default, {iface}}}
+        - {{name: default, {iface}}}{more_ifaces}
   networks:
     - name: default
-      pod: {{}}
+      pod: {{}}{more_nets}
 "#
         );
         std::fs::write(dir.path().join("vmi.yaml"), vmi).unwrap();
@@ -388,4 +403,160 @@ fn tc_redirect_real_guest_dhcp_ping_port_and_exact_restore() {
             .exec_ok(&["tc", "filter", "show", "dev", "tap0", "ingress"]);
         assert!(f.contains("Egress Redirect to device eth0"), "{f}");
     });
+}
+
+/// dnsmasq in the secondary node namespace (the DHCP server of the Multus network); killed on
+/// drop.
+struct Dnsmasq(Child);
+
+impl Drop for Dnsmasq {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// macvtap on a Multus network whose pod interface already is a macvtap (made in the pod here,
+/// as the macvtap CNI would): the guest's second NIC opens that device's `/dev/tapN`. The
+/// guest gets its address on it from the secondary network's own DHCP server (dnsmasq in
+/// node2; the launcher serves none there), pings node2 through it, and node2 reaches the
+/// guest's port; the pod network (bridge) works alongside. SIGTERM restores the pod exactly,
+/// including the macvtap's MAC.
+#[test]
+fn macvtap_on_multus_attaches_to_the_existing_macvtap_real_guest() {
+    let _one = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    const GUEST2_MAC: &str = "02:00:00:00:aa:01";
+    const GUEST2_IP: &str = "10.245.7.55";
+    let case = Case::new_with(
+        Style::Flannel,
+        "6a1c0de5-0000-4000-8000-0000000a7004",
+        "bridge: {}",
+        &format!(
+            "\n        - {{name: sec, binding: {{name: macvtap}}, macAddress: \"{GUEST2_MAC}\"}}"
+        ),
+        "\n    - {name: sec, multus: {networkName: macvtap-net}}",
+        "10.245.7.1",
+    );
+    let sec = case
+        .sb
+        .add_secondary("mvlow1", "l2", Some("10.245.7.0/24"));
+    let node2_veth = sec["node_veth"].as_str().unwrap().to_string();
+    // The macvtap the macvtap CNI would have made: net1 on the secondary link.
+    case.sb.exec_ok(&[
+        "ip",
+        "link",
+        "add",
+        "net1",
+        "link",
+        "mvlow1",
+        "address",
+        "0a:58:0a:f5:07:05",
+        "type",
+        "macvtap",
+        "mode",
+        "bridge",
+    ]);
+    case.sb.exec_ok(&["ip", "link", "set", "net1", "up"]);
+    let leases = case.path("dnsmasq.leases");
+    let _dnsmasq = Dnsmasq(
+        case.sb
+            .node2_cmd(&[
+                "dnsmasq",
+                "--no-daemon",
+                "--port=0",
+                "--bind-interfaces",
+                &format!("--interface={node2_veth}"),
+                "--dhcp-range=10.245.7.50,10.245.7.60,255.255.255.0",
+                &format!("--dhcp-host={GUEST2_MAC},{GUEST2_IP}"),
+                "--dhcp-option=3",
+                "--dhcp-option=6",
+                &format!("--dhcp-leasefile={}", leases.display()),
+                "--pid-file=",
+                "--conf-file=/dev/null",
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(case.path("dnsmasq.log")).unwrap())
+            .spawn()
+            .expect("starting dnsmasq in node2"),
+    );
+    let o = case.launcher(&["validate"]);
+    assert!(o.status.success(), "validate: {}", support::show(&o));
+
+    let before = case.sb.snapshot();
+    let tc_before = tc_snapshot(&case.sb);
+    let info = case.sb.info().clone();
+    let mut run = KillOnDrop(case.spawn_run());
+    let (found, text) = support::wait_for_text(
+        &case.serial(),
+        "GUEST-READY",
+        support::guest_boot_timeout(),
+    );
+    assert!(
+        found,
+        "GUEST-READY not on the serial console.\nserial:\n{text}\nlauncher log:\n{}\ndnsmasq:\n{}",
+        tail(&case.log()),
+        tail(&case.path("dnsmasq.log"))
+    );
+    let dhcp = support::marker_lines(&text, "GUEST-DHCP");
+    assert_eq!(dhcp.len(), 2, "two DHCP lines expected:\n{text}");
+    assert!(
+        dhcp[0].contains("iface=eth0") && dhcp[0].contains(&format!("ip={} ", info.pod_ip)),
+        "the pod network (bridge): {dhcp:?}"
+    );
+    assert!(
+        dhcp[1].contains("iface=eth1") && dhcp[1].contains(&format!("ip={GUEST2_IP} ")),
+        "the Multus macvtap: the guest must get its address from the secondary network's \
+         server through the pod's macvtap: {dhcp:?}\ndnsmasq:\n{}",
+        tail(&case.path("dnsmasq.log"))
+    );
+    for ip in [info.node_ip.as_str(), "10.245.7.1"] {
+        assert!(
+            text.contains(&format!("GUEST-PING ip={ip} ok")),
+            "the guest must ping {ip}:\n{text}"
+        );
+    }
+    // The guest's NIC is the pod's macvtap, with the spec's MAC; no device was made for it.
+    let l = case.sb.exec_ok(&["ip", "-d", "link", "show", "dev", "net1"]);
+    assert!(l.contains(GUEST2_MAC), "net1 carries the guest MAC: {l}");
+    let links = case.sb.exec_ok(&["ip", "-br", "link"]);
+    assert!(!links.contains("macvtap1") && !links.contains("mvdhcp"), "{links}");
+    // node2 reaches the guest's port through the macvtap.
+    let mut c = case.sb.node2_cmd(&[
+        "timeout", "10", "busybox", "nc", "-w", "5", GUEST2_IP, "8080",
+    ]);
+    let o = c.stdin(Stdio::null()).output().unwrap();
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("HELLO-FROM-GUEST"),
+        "node2 → {GUEST2_IP}:8080: {}",
+        support::show(&o)
+    );
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.0.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let st = loop {
+        if let Some(st) = run.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "launcher did not exit after SIGTERM; log:\n{}",
+            tail(&case.log())
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(st.code(), Some(0), "log:\n{}", tail(&case.log()));
+    std::thread::sleep(Duration::from_millis(500));
+    let after = case.sb.snapshot();
+    assert!(
+        before == after,
+        "the pod differs from its snapshot before the run:\n{}",
+        line_diff(&before, &after)
+    );
+    let tc_after = tc_snapshot(&case.sb);
+    assert!(tc_before == tc_after, "{}", line_diff(&tc_before, &tc_after));
 }

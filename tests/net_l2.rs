@@ -320,6 +320,7 @@ fn golden_macvtap_multus_attach() {
     assert_eq!(
         net1_steps,
         vec![
+            "handing the root qdisc of pod interface \"net1\" (index 7) to the hypervisor",
             "setting pod interface \"net1\" (index 7) down",
             "setting the MAC of pod interface \"net1\" (index 7) to 02:00:00:00:aa:01",
             "setting pod interface \"net1\" (index 7) up",

@@ -298,6 +298,7 @@ async fn run_step(h: &Handle, step: &Step, originals: &BTreeSet<u32>) -> Result<
                 }
             }
         }
+        Step::HypervisorRootQdisc { .. } => Ok(()),
         Step::TcIngress { link, filters } => {
             let l = resolve(h, link).await?;
             let mut names: Vec<(LinkRef, String)> = Vec::new();
@@ -373,6 +374,9 @@ enum Undo {
     DeleteClsact {
         link: LinkRef,
     },
+    ResetRootQdisc {
+        link: LinkRef,
+    },
 }
 
 fn undo_of(step: &Step) -> Option<Undo> {
@@ -408,6 +412,7 @@ fn undo_of(step: &Step) -> Option<Undo> {
         | Step::RemoveAddresses { link, .. }
         | Step::FlushRoutes { link } => pod(link),
         Step::TcIngress { link, .. } => Some(Undo::DeleteClsact { link: link.clone() }),
+        Step::HypervisorRootQdisc { link } => Some(Undo::ResetRootQdisc { link: link.clone() }),
     }
 }
 
@@ -469,6 +474,25 @@ pub async fn undo(h: &Handle, st: &RecordedState) -> Vec<NetError> {
                             ["qdisc", "del", "dev", l.name.as_str(), "clsact"].map(String::from);
                         if let Err(e) =
                             tc(&format!("deleting the clsact qdisc of {link}"), &args, true)
+                        {
+                            errors.push(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => errors.push(e),
+                }
+            }
+            Undo::ResetRootQdisc { link } => {
+                let found = match &link {
+                    LinkRef::Pod { index, .. } => link_by_index(h, *index).await,
+                    LinkRef::Created(name) => link_by_name(h, name).await,
+                };
+                match found {
+                    Ok(Some(l)) => {
+                        let args =
+                            ["qdisc", "del", "dev", l.name.as_str(), "root"].map(String::from);
+                        if let Err(e) =
+                            tc(&format!("resetting the root qdisc of {link}"), &args, true)
                         {
                             errors.push(e);
                         }
@@ -1123,7 +1147,10 @@ fn tc(what: &str, args: &[String], absent_ok: bool) -> Result<(), NetError> {
         return Ok(());
     }
     let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
-    if absent_ok && (err.contains("Cannot find specified qdisc") || err.contains("Invalid handle"))
+    if absent_ok
+        && (err.contains("Cannot find specified qdisc")
+            || err.contains("Invalid handle")
+            || err.contains("Cannot delete qdisc with handle of zero"))
     {
         return Ok(());
     }

@@ -200,6 +200,10 @@ pub enum Step {
         link: LinkRef,
         filters: Vec<TcFilter>,
     },
+    /// Nothing to do on apply: `link` is handed to the hypervisor as it is, and libvirt replaces
+    /// the root qdisc of every tap/macvtap it opens (`noqueue`). Undone by deleting the root
+    /// qdisc, which gives the link back its default one. Used for a Multus macvtap.
+    HypervisorRootQdisc { link: LinkRef },
 }
 
 /// One ingress filter of [`Step::TcIngress`].
@@ -249,6 +253,9 @@ impl Step {
                 if *tap { "macvtap" } else { "macvlan" }
             ),
             Step::TcIngress { link, .. } => format!("installing the ingress filters of {link}"),
+            Step::HypervisorRootQdisc { link } => {
+                format!("handing the root qdisc of {link} to the hypervisor")
+            }
         }
     }
 }

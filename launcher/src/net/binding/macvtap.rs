@@ -191,7 +191,8 @@ pub fn plan_with(ctx: &IfaceCtx<'_>, stand_in: bool) -> Result<BindingPlan, NetE
 
 /// A Multus network whose pod interface already is a macvtap (the macvtap CNI made it): the
 /// guest attaches to that device (libvirt opens its `/dev/tapN`). Its MAC becomes the guest's
-/// (the spec's `macAddress` when given; restored on teardown); it is brought up when down.
+/// (the spec's `macAddress` when given; restored on teardown); it is brought up when down;
+/// the root qdisc libvirt puts on it is deleted on teardown (the default one comes back).
 /// Nothing else is touched: its L2 network is the guest's, DHCP (if any) comes from that
 /// network, and the launcher serves none (it has no foothold on the lower device, which is
 /// outside the pod).
@@ -202,7 +203,8 @@ fn attach_existing(ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
         index: pod.index,
         name: pod.name.clone(),
     };
-    let mut steps = Vec::new();
+    // libvirt sets the root qdisc of the macvtap it opens; teardown gives back the default.
+    let mut steps = vec![Step::HypervisorRootQdisc { link: link.clone() }];
     if mac != pod.mac {
         steps.extend([
             Step::LinkDown { link: link.clone() },
