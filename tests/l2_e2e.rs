@@ -234,11 +234,8 @@ fn run_case(case: &Case, binding: &str, check_plumbing: impl Fn(&Case)) {
     let witness = UdpWitness::start(&info.node_netns, 67);
 
     let mut run = KillOnDrop(case.spawn_run());
-    let (found, text) = support::wait_for_text(
-        &case.serial(),
-        "GUEST-READY",
-        support::guest_boot_timeout(),
-    );
+    let (found, text) =
+        support::wait_for_text(&case.serial(), "GUEST-READY", support::guest_boot_timeout());
     assert!(
         found,
         "{binding}: GUEST-READY not on the serial console.\nserial:\n{text}\nlauncher log:\n{}",
@@ -357,7 +354,8 @@ fn macvtap_real_guest_dhcp_ping_port_and_exact_restore() {
     );
     run_case(&case, "macvtap", |c| {
         let info = c.sb.info();
-        let mv = c.sb.exec_ok(&["ip", "-d", "link", "show", "dev", "macvtap0"]);
+        let mv =
+            c.sb.exec_ok(&["ip", "-d", "link", "show", "dev", "macvtap0"]);
         assert!(mv.contains("macvtap mode bridge"), "{mv}");
         assert!(mv.contains(&info.pod_mac), "macvtap0 has the pod MAC: {mv}");
         assert!(mv.contains("macvtap0@eth0"), "{mv}");
@@ -379,7 +377,8 @@ fn macvtap_binding_name_real_guest_dhcp_ping_port_and_exact_restore() {
         "binding: {name: macvtap}",
     );
     run_case(&case, "macvtap (binding: {name: macvtap})", |c| {
-        let mv = c.sb.exec_ok(&["ip", "-d", "link", "show", "dev", "macvtap0"]);
+        let mv =
+            c.sb.exec_ok(&["ip", "-d", "link", "show", "dev", "macvtap0"]);
         assert!(mv.contains("macvtap mode bridge"), "{mv}");
     });
 }
@@ -394,13 +393,11 @@ fn tc_redirect_real_guest_dhcp_ping_port_and_exact_restore() {
     run_case(&case, "tc-redirect", |c| {
         let links = c.sb.exec_ok(&["ip", "-br", "link"]);
         assert!(!links.contains("k6t-"), "no bridge: {links}");
-        let f = c
-            .sb
-            .exec_ok(&["tc", "filter", "show", "dev", "eth0", "ingress"]);
+        let f =
+            c.sb.exec_ok(&["tc", "filter", "show", "dev", "eth0", "ingress"]);
         assert!(f.contains("Egress Redirect to device tap0"), "{f}");
-        let f = c
-            .sb
-            .exec_ok(&["tc", "filter", "show", "dev", "tap0", "ingress"]);
+        let f =
+            c.sb.exec_ok(&["tc", "filter", "show", "dev", "tap0", "ingress"]);
         assert!(f.contains("Egress Redirect to device eth0"), "{f}");
     });
 }
@@ -437,9 +434,7 @@ fn macvtap_on_multus_attaches_to_the_existing_macvtap_real_guest() {
         "\n    - {name: sec, multus: {networkName: macvtap-net}}",
         "10.245.7.1",
     );
-    let sec = case
-        .sb
-        .add_secondary("mvlow1", "l2", Some("10.245.7.0/24"));
+    let sec = case.sb.add_secondary("mvlow1", "l2", Some("10.245.7.0/24"));
     let node2_veth = sec["node_veth"].as_str().unwrap().to_string();
     // The macvtap the macvtap CNI would have made: net1 on the secondary link.
     case.sb.exec_ok(&[
@@ -487,11 +482,8 @@ fn macvtap_on_multus_attaches_to_the_existing_macvtap_real_guest() {
     let tc_before = tc_snapshot(&case.sb);
     let info = case.sb.info().clone();
     let mut run = KillOnDrop(case.spawn_run());
-    let (found, text) = support::wait_for_text(
-        &case.serial(),
-        "GUEST-READY",
-        support::guest_boot_timeout(),
-    );
+    let (found, text) =
+        support::wait_for_text(&case.serial(), "GUEST-READY", support::guest_boot_timeout());
     assert!(
         found,
         "GUEST-READY not on the serial console.\nserial:\n{text}\nlauncher log:\n{}\ndnsmasq:\n{}",
@@ -517,10 +509,15 @@ fn macvtap_on_multus_attaches_to_the_existing_macvtap_real_guest() {
         );
     }
     // The guest's NIC is the pod's macvtap, with the spec's MAC; no device was made for it.
-    let l = case.sb.exec_ok(&["ip", "-d", "link", "show", "dev", "net1"]);
+    let l = case
+        .sb
+        .exec_ok(&["ip", "-d", "link", "show", "dev", "net1"]);
     assert!(l.contains(GUEST2_MAC), "net1 carries the guest MAC: {l}");
     let links = case.sb.exec_ok(&["ip", "-br", "link"]);
-    assert!(!links.contains("macvtap1") && !links.contains("mvdhcp"), "{links}");
+    assert!(
+        !links.contains("macvtap1") && !links.contains("mvdhcp"),
+        "{links}"
+    );
     // node2 reaches the guest's port through the macvtap.
     let mut c = case.sb.node2_cmd(&[
         "timeout", "10", "busybox", "nc", "-w", "5", GUEST2_IP, "8080",
@@ -558,5 +555,9 @@ fn macvtap_on_multus_attaches_to_the_existing_macvtap_real_guest() {
         line_diff(&before, &after)
     );
     let tc_after = tc_snapshot(&case.sb);
-    assert!(tc_before == tc_after, "{}", line_diff(&tc_before, &tc_after));
+    assert!(
+        tc_before == tc_after,
+        "{}",
+        line_diff(&tc_before, &tc_after)
+    );
 }

@@ -225,11 +225,21 @@ fn check_macvtap_invariants(p: &NetPlan, pod_mac: &str) {
                     assert!(tap, "the guest device is a macvtap");
                 }
             }
-            Step::NftTable { family, name, ruleset } => {
+            Step::NftTable {
+                family,
+                name,
+                ruleset,
+            } => {
                 // The DHCP guard, before any child exists.
                 assert!(macs.is_empty(), "the guard comes first");
-                assert_eq!((family.as_str(), name.as_str()), ("netdev", "launcher_dhcp_guard_eth0"));
-                assert!(ruleset.contains(&format!("udp dport 67 ether saddr != {pod_mac} drop")), "{ruleset}");
+                assert_eq!(
+                    (family.as_str(), name.as_str()),
+                    ("netdev", "launcher_dhcp_guard_eth0")
+                );
+                assert!(
+                    ruleset.contains(&format!("udp dport 67 ether saddr != {pod_mac} drop")),
+                    "{ruleset}"
+                );
                 assert!(ruleset.contains("hook egress device \"eth0\""), "{ruleset}");
                 guard = true;
             }
@@ -348,7 +358,10 @@ fn golden_macvtap_multus_planted() {
     .unwrap();
     let r = &p.interfaces[1];
     assert_eq!(r.tap, "macvtap1");
-    let d = r.dhcp.as_ref().expect("a DHCP server for an interface with IPv4");
+    let d = r
+        .dhcp
+        .as_ref()
+        .expect("a DHCP server for an interface with IPv4");
     assert_eq!(d.interface, "mvdhcp1");
     assert_eq!(d.client_ip.to_string(), "10.245.1.5");
     assert!(p.steps.iter().any(|s| matches!(
@@ -372,12 +385,9 @@ fn golden_xml(case: &str, vmi: &launcher::spec::Vmi, p: &NetPlan) {
         "render",
     ])
     .expect("CLI");
-    let facts = launcher::domain::PodFacts::stand_in(
-        &cli.global,
-        vmi,
-        launcher::domain::Hypervisor::Qemu,
-    )
-    .unwrap();
+    let facts =
+        launcher::domain::PodFacts::stand_in(&cli.global, vmi, launcher::domain::Hypervisor::Qemu)
+            .unwrap();
     let nics = launcher::supervise::nic_inputs(&p.result()).expect("nic inputs");
     let dp = launcher::domain::plan::plan(vmi, &nics, &facts).expect("domain plan");
     let xml = launcher::domain::render::render(&dp, None).expect("render");
@@ -424,7 +434,11 @@ fn golden_domain_xml_of_the_l2_bindings() {
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/golden/net/macvtap-multus-attach.xml"),
     )
     .unwrap();
-    assert!(xml.contains("<target dev='net1' managed='no'/>") || xml.contains("<target dev=\"net1\" managed=\"no\"/>"), "{xml}");
+    assert!(
+        xml.contains("<target dev='net1' managed='no'/>")
+            || xml.contains("<target dev=\"net1\" managed=\"no\"/>"),
+        "{xml}"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -615,7 +629,11 @@ fn check_dhcp_guard(
     let node_w = UdpWitness::start(&info.node_netns, 67);
     let lease = udhcpc_on(guest, "eth0", dir, "foreign", 2);
     assert!(lease.is_none(), "a foreign MAC got a lease: {lease:?}");
-    assert_eq!(node_w.count(), 0, "DHCP of a foreign guest-side MAC reached the node");
+    assert_eq!(
+        node_w.count(),
+        0,
+        "DHCP of a foreign guest-side MAC reached the node"
+    );
     remove_guard();
     let _ = udhcpc_on(guest, "eth0", dir, "foreign-control", 2);
     assert!(
@@ -859,12 +877,7 @@ fn macvtap_end_to_end(style: Style) {
     std::fs::write(&vmi, MACVTAP_VMI).unwrap();
     let before = sb.snapshot();
     let tc_before = support::tc_snapshot(&sb);
-    let served = Served::start(
-        &sb,
-        &vmi,
-        &run_dir,
-        &[("LAUNCHER_MACVTAP_STAND_IN", "1")],
-    );
+    let served = Served::start(&sb, &vmi, &run_dir, &[("LAUNCHER_MACVTAP_STAND_IN", "1")]);
 
     let links = sb.exec_ok(&["ip", "-d", "link"]);
     assert!(links.contains("mvdhcp0@eth0"), "{links}");
@@ -908,7 +921,13 @@ fn macvtap_end_to_end(style: Style) {
             &info.pod_mac,
             dir.path(),
             &|| {
-                sb.exec_ok(&["nft", "delete", "table", "netdev", "launcher_dhcp_guard_eth0"]);
+                sb.exec_ok(&[
+                    "nft",
+                    "delete",
+                    "table",
+                    "netdev",
+                    "launcher_dhcp_guard_eth0",
+                ]);
             },
             &|| {
                 sb.exec_ok(&["nft", "-f", saved_path.to_str().unwrap()]);

@@ -203,7 +203,9 @@ pub enum Step {
     /// Nothing to do on apply: `link` is handed to the hypervisor as it is, and libvirt replaces
     /// the root qdisc of every tap/macvtap it opens (`noqueue`). Undone by deleting the root
     /// qdisc, which gives the link back its default one. Used for a Multus macvtap.
-    HypervisorRootQdisc { link: LinkRef },
+    HypervisorRootQdisc {
+        link: LinkRef,
+    },
 }
 
 /// One ingress filter of [`Step::TcIngress`].
