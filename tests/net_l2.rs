@@ -1058,3 +1058,76 @@ fn tc_redirect_crash_after_every_step_converges_and_restores() {
         assert!(!q.contains("clsact"), "step {n}: {q}");
     }
 }
+
+/// macvtap: SIGKILL after every step (`LAUNCHER_FAULT_AFTER_STEP`), then a re-run converges
+/// (the guard and the devices are in place) and a teardown restores the snapshot exactly.
+#[test]
+fn macvtap_crash_after_every_step_converges_and_restores() {
+    support::require_root();
+    let sb = Sandbox::create(Style::Flannel);
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("net-l2-mvcrash-{}-", sb.name))
+        .tempdir()
+        .unwrap();
+    let vmi = dir.path().join("vmi.yaml");
+    std::fs::write(&vmi, MACVTAP_VMI).unwrap();
+    let run_dir = dir.path().join("run");
+    let before = sb.snapshot();
+    let tc_before = support::tc_snapshot(&sb);
+    let bin = support::launcher_bin();
+    let launcher = |args: &[&str], fault: Option<usize>| {
+        let mut full = vec![bin.to_str().unwrap(), "network"];
+        full.extend_from_slice(args);
+        full.extend_from_slice(&[
+            "--vmi",
+            vmi.to_str().unwrap(),
+            "--run-dir",
+            run_dir.to_str().unwrap(),
+        ]);
+        let mut c = sb.exec_cmd(&full);
+        c.env("LAUNCHER_MACVTAP_STAND_IN", "1");
+        if let Some(n) = fault {
+            c.env("LAUNCHER_FAULT_AFTER_STEP", n.to_string());
+        }
+        c.output().expect("running launcher")
+    };
+    std::env::remove_var("LAUNCHER_MACVTAP_STAND_IN");
+    let steps = macvtap_plan(flannel_eth0()).steps.len();
+    assert_eq!(steps, 11, "the macvtap plan (see the golden plan)");
+    for n in 0..=steps {
+        let o = launcher(&["setup"], Some(n));
+        if n < steps {
+            assert!(
+                !o.status.success(),
+                "fault after step {n} did not kill setup: {}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+        let o = launcher(&["setup"], None);
+        assert!(
+            o.status.success(),
+            "re-run after a crash after step {n} did not converge: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let links = sb.exec_ok(&["ip", "-d", "link"]);
+        assert!(
+            links.contains("macvtap0@eth0") && links.contains("mvdhcp0@eth0"),
+            "step {n}: {links}"
+        );
+        let nft = sb.exec_ok(&["nft", "list", "tables"]);
+        assert!(nft.contains("netdev launcher_dhcp_guard_eth0"), "step {n}: {nft}");
+        let o = launcher(&["teardown"], None);
+        assert!(
+            o.status.success(),
+            "teardown after a crash after step {n}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let after = sb.snapshot();
+        assert!(
+            before == after,
+            "after a crash after step {n}, re-run and teardown, the pod differs:\n{}",
+            diff(&before, &after)
+        );
+        assert_eq!(tc_before, support::tc_snapshot(&sb), "step {n}");
+    }
+}
