@@ -1115,7 +1115,10 @@ fn macvtap_crash_after_every_step_converges_and_restores() {
             "step {n}: {links}"
         );
         let nft = sb.exec_ok(&["nft", "list", "tables"]);
-        assert!(nft.contains("netdev launcher_dhcp_guard_eth0"), "step {n}: {nft}");
+        assert!(
+            nft.contains("netdev launcher_dhcp_guard_eth0"),
+            "step {n}: {nft}"
+        );
         let o = launcher(&["teardown"], None);
         assert!(
             o.status.success(),
@@ -1130,4 +1133,82 @@ fn macvtap_crash_after_every_step_converges_and_restores() {
         );
         assert_eq!(tc_before, support::tc_snapshot(&sb), "step {n}");
     }
+}
+
+/// macvtap on a Multus network whose interface is a veth with an address: planted on it with
+/// its own names (`macvtap1` on `net1`, DHCP from `mvdhcp1`, guard `launcher_dhcp_guard_net1`).
+/// A guest stand-in gets net1's address from our server and pings node2; SIGTERM restores.
+#[test]
+fn macvtap_planted_on_a_multus_veth_dhcp_ping_and_exact_restore() {
+    support::require_root();
+    let sb = Sandbox::create(Style::Flannel);
+    let sec = sb.add_secondary("net1", "flannel", Some("10.245.9.0/24"));
+    assert_eq!(sec["pod_ip"], "10.245.9.5");
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("net-l2-mvsec-{}-", sb.name))
+        .tempdir()
+        .unwrap();
+    let run_dir = dir.path().join("run");
+    let vmi = dir.path().join("vmi.yaml");
+    std::fs::write(
+        &vmi,
+        MULTUS_MACVTAP_VMI.replace("02:00:00:00:aa:01", "02:00:00:00:aa:09"),
+    )
+    .unwrap();
+    let before = sb.snapshot();
+    let tc_before = support::tc_snapshot(&sb);
+    let served = Served::start(&sb, &vmi, &run_dir, &[("LAUNCHER_MACVTAP_STAND_IN", "1")]);
+    let links = sb.exec_ok(&["ip", "-d", "link"]);
+    assert!(links.contains("macvtap1@net1"), "{links}");
+    assert!(links.contains("mvdhcp1@net1"), "{links}");
+    let nft = sb.exec_ok(&["nft", "list", "tables"]);
+    assert!(nft.contains("netdev launcher_dhcp_guard_net1"), "{nft}");
+
+    let g = GuestNetns(format!("{}-ms", sb.name));
+    run(
+        Command::new("ip").args(["netns", "add", &g.0]),
+        "creating the guest netns",
+    );
+    run(
+        Command::new("ip").args(["-n", &sb.name, "link", "set", "macvtap1", "netns", &g.0]),
+        "moving the guest device",
+    );
+    run(
+        Command::new("ip").args(["-n", &g.0, "link", "set", "macvtap1", "name", "eth0"]),
+        "renaming the guest device",
+    );
+    for l in ["eth0", "lo"] {
+        run(
+            Command::new("ip").args(["-n", &g.0, "link", "set", l, "up"]),
+            "guest link up",
+        );
+    }
+    let env = udhcpc(&g.0, dir.path(), 5).expect("udhcpc got no lease on the Multus macvtap");
+    assert_eq!(
+        env.get("ip").map(String::as_str),
+        Some("10.245.9.5"),
+        "{env:?}"
+    );
+    assert_eq!(env.get("mask").map(String::as_str), Some("24"), "{env:?}");
+    assert_eq!(
+        env.get("serverid").map(String::as_str),
+        Some("169.254.75.11"),
+        "the server of the second interface: {env:?}"
+    );
+    run(
+        Command::new("ip").args([
+            "netns",
+            "exec",
+            &g.0,
+            "sh",
+            "-ec",
+            "ip addr add 10.245.9.5/24 dev eth0; busybox ping -c 2 -W 3 10.245.9.1",
+        ]),
+        "the guest pinging node2",
+    );
+    drop(g);
+    assert_eq!(served.terminate(), 0, "exit code after SIGTERM");
+    let after = sb.snapshot();
+    assert!(before == after, "{}", diff(&before, &after));
+    assert_eq!(tc_before, support::tc_snapshot(&sb));
 }
