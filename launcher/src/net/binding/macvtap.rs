@@ -18,7 +18,7 @@
 //! be the reader of `/dev/tapN`). Everything else is the production plan.
 
 use super::bridge::bridge_mac;
-use super::{dhcp_config, guest_mac, BindingPlan, IfaceCtx, LinkNames, MAX_NAME};
+use super::{dhcp_config, guest_mac, release_identity, BindingPlan, IfaceCtx, LinkNames, MAX_NAME};
 use crate::net::discover::IfAddress;
 use crate::net::plan::{link_local_avoiding, IfaceResult, LinkRef, Step};
 use crate::net::{Mac, NetError};
@@ -124,18 +124,15 @@ pub fn plan_with(ctx: &IfaceCtx<'_>, stand_in: bool) -> Result<BindingPlan, NetE
             name: table.clone(),
             ruleset: guard_ruleset(&table, &pod.name, mac, dhcp.as_ref().map(|_| srv_mac)),
         },
-        Step::LinkDown { link: nic.clone() },
-        Step::RemoveAddresses {
-            link: nic.clone(),
-            addresses: identity.clone(),
-        },
-        Step::FlushRoutes { link: nic.clone() },
+    ];
+    steps.extend(release_identity(&nic, &identity));
+    steps.extend([
         Step::SetMac {
             link: nic.clone(),
             mac: nic_mac,
         },
         Step::LinkUp { link: nic.clone() },
-    ];
+    ]);
     if dhcp.is_some() {
         let s = LinkRef::Created(sibling.clone());
         steps.extend([

@@ -9,8 +9,8 @@ pub mod tc_redirect;
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use super::discover::{DiscoveredPod, PodInterface};
-use super::plan::{IfaceResult, PlanOptions, Step};
+use super::discover::{DiscoveredPod, IfAddress, PodInterface};
+use super::plan::{IfaceResult, LinkRef, PlanOptions, Step};
 use super::{Mac, NetError};
 use crate::dhcp::{V4Config, V4Route};
 use crate::spec::{BindingKind, Interface, Network};
@@ -247,6 +247,21 @@ pub fn dhcp_config(
         boot_file: opts.boot_file_name.clone(),
         private,
     })
+}
+
+/// The steps that take a pod interface's IPv4/IPv6 identity away from it (the guest gets it):
+/// down, its identity addresses removed (recorded in the plan), its routes flushed. Shared by
+/// the bindings that keep the pod interface as their uplink (tc-redirect, macvtap; the
+/// bridge binding renames in between and keeps its own copy).
+pub fn release_identity(nic: &LinkRef, identity: &[IfAddress]) -> [Step; 3] {
+    [
+        Step::LinkDown { link: nic.clone() },
+        Step::RemoveAddresses {
+            link: nic.clone(),
+            addresses: identity.to_vec(),
+        },
+        Step::FlushRoutes { link: nic.clone() },
+    ]
 }
 
 #[cfg(test)]

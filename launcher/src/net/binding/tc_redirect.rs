@@ -27,7 +27,7 @@
 //! veth whose peer sits in a guest namespace can stand in for a VM's NIC.
 
 use super::bridge::bridge_mac;
-use super::{dhcp_config, guest_mac, queues, BindingPlan, IfaceCtx, LinkNames};
+use super::{dhcp_config, guest_mac, queues, release_identity, BindingPlan, IfaceCtx, LinkNames};
 use crate::net::discover::IfAddress;
 use crate::net::plan::{link_local_avoiding, IfaceResult, LinkRef, Step, TcFilter};
 use crate::net::{Mac, NetError};
@@ -89,13 +89,8 @@ pub fn plan_with_device(
             }],
         });
     }
+    steps.extend(release_identity(&nic, &identity));
     steps.extend([
-        Step::LinkDown { link: nic.clone() },
-        Step::RemoveAddresses {
-            link: nic.clone(),
-            addresses: identity.clone(),
-        },
-        Step::FlushRoutes { link: nic.clone() },
         Step::SetMac {
             link: nic.clone(),
             mac: nic_mac,
