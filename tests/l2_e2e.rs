@@ -370,20 +370,6 @@ fn macvtap_real_guest_dhcp_ping_port_and_exact_restore() {
 }
 
 #[test]
-fn macvtap_binding_name_real_guest_dhcp_ping_port_and_exact_restore() {
-    let case = Case::new(
-        Style::Calico,
-        "6a1c0de5-0000-4000-8000-0000000a7003",
-        "binding: {name: macvtap}",
-    );
-    run_case(&case, "macvtap (binding: {name: macvtap})", |c| {
-        let mv =
-            c.sb.exec_ok(&["ip", "-d", "link", "show", "dev", "macvtap0"]);
-        assert!(mv.contains("macvtap mode bridge"), "{mv}");
-    });
-}
-
-#[test]
 fn tc_redirect_real_guest_dhcp_ping_port_and_exact_restore() {
     let case = Case::new(
         Style::Calico,

@@ -268,6 +268,15 @@ fn golden_macvtap_flannel() {
     golden("macvtap-flannel", &p);
 }
 
+/// `binding: {name: macvtap}` selects the same binding as `macvtap: {}`: the same plan.
+#[test]
+fn macvtap_by_binding_name_plans_the_same() {
+    std::env::remove_var("LAUNCHER_MACVTAP_STAND_IN");
+    let by_name = vmi(&MACVTAP_VMI.replace("macvtap: {}", "binding: {name: macvtap}"));
+    let p = plan(&pod(flannel_eth0()), &by_name, &PlanOptions::default()).unwrap();
+    assert_eq!(p, macvtap_plan(flannel_eth0()));
+}
+
 #[test]
 fn golden_macvtap_calico() {
     let p = macvtap_plan(calico_eth0());
