@@ -380,6 +380,43 @@ fn golden_macvtap_multus_planted() {
     golden("macvtap-multus-planted", &p);
 }
 
+/// tc-redirect on a Multus network (accepted by validation, so `run` must plan it): the same
+/// steps with the interface's own names (`tap1` for `net1`) and the second server address.
+#[test]
+fn golden_tc_redirect_multus() {
+    std::env::remove_var("LAUNCHER_TC_REDIRECT_DEVICE");
+    let mut n = net1("veth");
+    n["addresses"] = serde_json::json!([{"address": "10.245.1.5", "prefix_len": 24}]);
+    let v = vmi(&MULTUS_MACVTAP_VMI.replace("macvtap: {}", "binding: {name: tc-redirect}"));
+    let p = plan(&pod_with(n), &v, &PlanOptions::default()).unwrap();
+    let r = &p.interfaces[1];
+    assert_eq!(
+        (r.binding.as_str(), r.tap.as_str()),
+        ("tc-redirect", "tap1")
+    );
+    let d = r.dhcp.as_ref().expect("a DHCP server");
+    assert_eq!(d.interface, "tap1");
+    assert_eq!(d.server_ip.to_string(), "169.254.75.11");
+    let redirects: Vec<String> = p
+        .steps
+        .iter()
+        .filter_map(|s| match s {
+            Step::TcIngress { link, filters } => Some(format!("{link} -> {:?}", filters.last())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(redirects.len(), 2, "{redirects:?}");
+    assert!(
+        redirects[0].starts_with("\"tap1\"") && redirects[0].contains("net1"),
+        "{redirects:?}"
+    );
+    assert!(
+        redirects[1].contains("\"net1\" (index 7)") && redirects[1].contains("tap1"),
+        "{redirects:?}"
+    );
+    golden("tc-redirect-multus", &p);
+}
+
 /// The domain XML `launcher run` gives libvirt for a network plan (the real network result
 /// through `supervise::nic_inputs`, stand-in pod facts), compared with
 /// `tests/golden/net/<case>.xml` and checked by `virt-xml-validate`.
