@@ -573,6 +573,7 @@ fn macvtap_helper_in_pod() {
             tap_owner: "root".into(),
             resolv_conf: "/etc/resolv.conf".into(),
             hostname: None,
+            network_status: None,
         };
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).unwrap();
