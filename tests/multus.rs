@@ -366,3 +366,43 @@ fn the_vf_must_be_present_in_sysfs() {
     std::fs::create_dir(dir.path().join("0000:3b:02.2")).unwrap();
     launcher::net::discover::check_vfs_present(&plan, dir.path()).unwrap();
 }
+
+#[test]
+fn render_uses_the_vfs_from_a_network_status_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmi_path = dir.path().join("vmi.yaml");
+    std::fs::write(&vmi_path, SRIOV).unwrap();
+    let status = dir.path().join("status.json");
+    std::fs::write(&status, SRIOV_STATUS).unwrap();
+    let render = |extra: &[&std::ffi::OsStr]| {
+        Command::new(env!("CARGO_BIN_EXE_launcher"))
+            .args(["--log-format", "text", "--accel", "tcg", "--vmi"])
+            .arg(&vmi_path)
+            .args(extra)
+            .arg("render")
+            .output()
+            .unwrap()
+    };
+    let out = render(&["--network-status".as_ref(), status.as_os_str()]);
+    let xml = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        xml.contains("<address domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/>")
+            && xml.contains("<address domain='0x0000' bus='0x3b' slot='0x02' function='0x2'/>"),
+        "{xml}"
+    );
+    // Without a status: the documented stand-ins (bus 0xff).
+    let out = render(&[]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("bus='0xff'"));
+    // A status without the VF's device-info: exit 3, naming the network.
+    std::fs::write(
+        &status,
+        r#"[{"name": "default/sriov-a", "interface": "net1"}, {"name": "default/sriov-b", "interface": "net2"}]"#,
+    )
+    .unwrap();
+    let out = render(&["--network-status".as_ref(), status.as_os_str()]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("SR-IOV network \"fast\"") && err.contains("device-info"), "{err}");
+}

@@ -241,6 +241,14 @@ fn both_networks(ifname: &str, with_status: bool) {
             "the guest must ping {ip}:\n{serial}"
         );
     }
+    // The secondary interface was taken over under KubeVirt's names for `ifname`.
+    let status: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(c.path("run/status.json")).expect("status.json"),
+    )
+    .expect("status.json is JSON");
+    let want_tap = format!("tap{}", &ifname[3..]);
+    assert_eq!(status["interfaces"][1]["device"], want_tap.as_str(), "{status}");
+    assert_eq!(status["interfaces"][1]["mac"], "02:00:00:00:a1:02", "{status}");
     // The pod is exactly as before (links, addresses, routes, nft, sysctls).
     let after = c.pod.snapshot();
     assert_eq!(before, after, "the pod differs from its snapshot before the run");

@@ -601,6 +601,38 @@ pub fn resolve_pod_interface(
     })
 }
 
+/// For `launcher render` (no pod): the VF PCI address of every SR-IOV interface of the VMI,
+/// by interface name, from a network status alone (`--network-status FILE` or the VMI's
+/// annotation). `Ok(None)` when there is no status (render then uses stand-ins).
+pub fn sriov_pci_addresses(
+    vmi: &crate::spec::Vmi,
+    status_file: Option<&Path>,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, NetError> {
+    let Some(status) = network_status::load(status_file, &vmi.metadata.annotations)? else {
+        return Ok(None);
+    };
+    let pod = DiscoveredPod {
+        interfaces: Vec::new(),
+        dns: DnsConfig::default(),
+        hostname: None,
+        network_status: Some(status),
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for iface in &vmi.spec.domain.devices.interfaces {
+        if iface.binding_kind() != Some(crate::spec::BindingKind::Sriov) {
+            continue;
+        }
+        let Some(net) = vmi.spec.networks.iter().find(|n| n.name == iface.name) else {
+            continue;
+        };
+        let r = resolve_pod_interface(&pod, vmi, net, true)?;
+        if let Some(pci) = r.pci_address {
+            out.insert(iface.name.clone(), pci);
+        }
+    }
+    Ok(Some(out))
+}
+
 /// Before anything is touched: every SR-IOV interface's VF (its PCI address is in the result's
 /// `tap`) must be present under `sysfs_pci` (`/sys/bus/pci/devices`).
 pub fn check_vfs_present(plan: &super::NetPlan, sysfs_pci: &Path) -> Result<(), NetError> {
