@@ -121,7 +121,11 @@ fn golden_ordinal_names_confirmed_by_the_status() {
       {"name": "default/red-l2", "interface": "net2", "mac": "0a:58:0a:f5:06:05"}
     ]"#;
     let p = pod(
-        vec![eth0(), secondary(5, "net1", Some("10.245.1.5")), secondary(6, "net2", None)],
+        vec![
+            eth0(),
+            secondary(5, "net1", Some("10.245.1.5")),
+            secondary(6, "net2", None),
+        ],
         Some(status),
     );
     let plan = plan(&p, &vmi(THREE_NETS), &PlanOptions::default()).unwrap();
@@ -132,13 +136,21 @@ fn golden_ordinal_names_confirmed_by_the_status() {
         .collect();
     assert_eq!(
         names,
-        vec![("eth0", "tap0", true), ("net1", "tap1", true), ("net2", "tap2", false)]
+        vec![
+            ("eth0", "tap0", true),
+            ("net1", "tap1", true),
+            ("net2", "tap2", false)
+        ]
     );
     // Each interface with an IP has its own server, on its own bridge.
     let servers: Vec<_> = plan
         .interfaces
         .iter()
-        .filter_map(|i| i.dhcp.as_ref().map(|d| (d.interface.clone(), d.client_ip.to_string())))
+        .filter_map(|i| {
+            i.dhcp
+                .as_ref()
+                .map(|d| (d.interface.clone(), d.client_ip.to_string()))
+        })
         .collect();
     assert_eq!(
         servers,
@@ -208,7 +220,11 @@ fn golden_hashed_names_from_the_status() {
 fn a_status_that_disagrees_is_exit_3() {
     let status = r#"[{"name": "default/blue-net", "interface": "net2"}, {"name": "default/red-l2", "interface": "net1"}]"#;
     let p = pod(
-        vec![eth0(), secondary(5, "net1", Some("10.245.1.5")), secondary(6, "net2", None)],
+        vec![
+            eth0(),
+            secondary(5, "net1", Some("10.245.1.5")),
+            secondary(6, "net2", None),
+        ],
         Some(status),
     );
     let e = plan(&p, &vmi(THREE_NETS), &PlanOptions::default()).unwrap_err();
@@ -258,7 +274,11 @@ fn golden_sriov_plan_and_hostdev_xml() {
     let plan = sriov_plan(SRIOV_STATUS).unwrap();
     let fast = &plan.interfaces[1];
     assert_eq!(
-        (fast.binding.as_str(), fast.tap.as_str(), fast.pod_interface.as_str()),
+        (
+            fast.binding.as_str(),
+            fast.tap.as_str(),
+            fast.pod_interface.as_str()
+        ),
         ("sriov", "0000:3b:02.1", "net1")
     );
     assert_eq!(fast.mac.to_string(), "02:00:00:00:5a:01");
@@ -324,13 +344,22 @@ fn sriov_refusals_name_the_network_and_the_annotation() {
         (
             r#"[{"name": "default/sriov-a", "interface": "net1"},
                 {"name": "default/sriov-b", "interface": "net2", "device-info": {"type": "pci", "pci": {"pci-address": "0000:3b:02.2"}}}]"#,
-            &["SR-IOV network \"fast\"", "k8s.v1.cni.cncf.io/network-status", "no \"device-info\""],
+            &[
+                "SR-IOV network \"fast\"",
+                "k8s.v1.cni.cncf.io/network-status",
+                "no \"device-info\"",
+            ],
         ),
         // The VF's MAC is not the spec's: a <hostdev> cannot fix that.
         (
             r#"[{"name": "default/sriov-a", "interface": "net1", "mac": "02:00:00:00:5a:99", "device-info": {"type": "pci", "pci": {"pci-address": "0000:3b:02.1"}}},
                 {"name": "default/sriov-b", "interface": "net2", "device-info": {"type": "pci", "pci": {"pci-address": "0000:3b:02.2"}}}]"#,
-            &["SR-IOV network \"fast\"", "02:00:00:00:5a:01", "02:00:00:00:5a:99", "\"mac\""],
+            &[
+                "SR-IOV network \"fast\"",
+                "02:00:00:00:5a:01",
+                "02:00:00:00:5a:99",
+                "\"mac\"",
+            ],
         ),
         // No entry at all for sriov-b.
         (
@@ -385,7 +414,11 @@ fn render_uses_the_vfs_from_a_network_status_file() {
     };
     let out = render(&["--network-status".as_ref(), status.as_os_str()]);
     let xml = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(
         xml.contains("<address domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/>")
             && xml.contains("<address domain='0x0000' bus='0x3b' slot='0x02' function='0x2'/>"),
@@ -404,5 +437,8 @@ fn render_uses_the_vfs_from_a_network_status_file() {
     let out = render(&["--network-status".as_ref(), status.as_os_str()]);
     assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("SR-IOV network \"fast\"") && err.contains("device-info"), "{err}");
+    assert!(
+        err.contains("SR-IOV network \"fast\"") && err.contains("device-info"),
+        "{err}"
+    );
 }

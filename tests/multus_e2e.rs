@@ -174,10 +174,7 @@ fn both_networks(ifname: &str, with_status: bool) {
     let sec_ip = sec["pod_ip"].as_str().expect("pod_ip").to_string();
     assert_eq!(sec_ip, "10.245.1.5");
     c.write_vmi(
-        &format!(
-            "guest.ping={},{node2_ip} guest.poweroff=1",
-            info.node_ip
-        ),
+        &format!("guest.ping={},{node2_ip} guest.poweroff=1", info.node_ip),
         "",
         "",
     );
@@ -226,8 +223,9 @@ fn both_networks(ifname: &str, with_status: bool) {
     let dhcp = support::marker_lines(&serial, "GUEST-DHCP");
     assert_eq!(dhcp.len(), 2, "two DHCP lines expected:\n{serial}");
     assert!(
-        dhcp.iter().any(|d| d.contains(&format!("ip={} ", info.pod_ip))
-            && d.contains(&format!("router={} ", info.gateway))),
+        dhcp.iter()
+            .any(|d| d.contains(&format!("ip={} ", info.pod_ip))
+                && d.contains(&format!("router={} ", info.gateway))),
         "no pod-network lease: {dhcp:?}"
     );
     assert!(
@@ -247,11 +245,21 @@ fn both_networks(ifname: &str, with_status: bool) {
     )
     .expect("status.json is JSON");
     let want_tap = format!("tap{}", &ifname[3..]);
-    assert_eq!(status["interfaces"][1]["device"], want_tap.as_str(), "{status}");
-    assert_eq!(status["interfaces"][1]["mac"], "02:00:00:00:a1:02", "{status}");
+    assert_eq!(
+        status["interfaces"][1]["device"],
+        want_tap.as_str(),
+        "{status}"
+    );
+    assert_eq!(
+        status["interfaces"][1]["mac"], "02:00:00:00:a1:02",
+        "{status}"
+    );
     // The pod is exactly as before (links, addresses, routes, nft, sysctls).
     let after = c.pod.snapshot();
-    assert_eq!(before, after, "the pod differs from its snapshot before the run");
+    assert_eq!(
+        before, after,
+        "the pod differs from its snapshot before the run"
+    );
     assert!(
         !c.path("run/network-state.json").exists(),
         "the state file must be gone after a clean teardown"
@@ -341,7 +349,11 @@ fn sriov_without_its_vf_is_refused_before_anything_is_touched() {
     refused(
         &c,
         &["--network-status", &status],
-        &["SR-IOV network \\\"fast\\\"", "0000:ff:1f.7", "/sys/bus/pci/devices"],
+        &[
+            "SR-IOV network \\\"fast\\\"",
+            "0000:ff:1f.7",
+            "/sys/bus/pci/devices",
+        ],
     );
     // Without device-info: refused naming the network and the annotation.
     std::fs::write(

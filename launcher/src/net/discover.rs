@@ -511,8 +511,7 @@ pub fn resolve_pod_interface(
             pci_address: None,
         });
     };
-    let candidates =
-        status.entries_for(&multus.network_name, vmi.metadata.namespace.as_deref());
+    let candidates = status.entries_for(&multus.network_name, vmi.metadata.namespace.as_deref());
     if candidates.is_empty() {
         return Err(StatusError::NoEntry {
             network: network.name.clone(),
@@ -549,14 +548,14 @@ pub fn resolve_pod_interface(
         })?;
     let mut pci = None;
     if sriov {
-        pci = Some(
-            network_status::pci_address(entry).map_err(|problem| StatusError::NoDeviceInfo {
+        pci = Some(network_status::pci_address(entry).map_err(|problem| {
+            StatusError::NoDeviceInfo {
                 network: network.name.clone(),
                 network_name: multus.network_name.clone(),
                 origin: status.origin.clone(),
                 problem,
-            })?,
-        );
+            }
+        })?);
     } else if let Some(link) = pod.interface(&expected) {
         if let Some(mac) = entry.mac {
             if mac != link.mac {
@@ -827,7 +826,8 @@ nameserver 10.96.0.10
             interfaces,
             dns: DnsConfig::default(),
             hostname: None,
-            network_status: status.map(|s| network_status::parse_json(s, "the test status").unwrap()),
+            network_status: status
+                .map(|s| network_status::parse_json(s, "the test status").unwrap()),
         }
     }
 
@@ -862,18 +862,30 @@ spec:
 
     #[test]
     fn ordinal_and_hashed_names_without_a_status() {
-        let pod = fixture_pod(&[ETH0, ("net1", "0a:58:0a:f5:01:05", Some("10.245.1.5"))], None);
+        let pod = fixture_pod(
+            &[ETH0, ("net1", "0a:58:0a:f5:01:05", Some("10.245.1.5"))],
+            None,
+        );
         assert_eq!(resolve(&pod, 0).unwrap().name, "eth0");
         let r = resolve(&pod, 1).unwrap();
         assert_eq!((r.name.as_str(), r.scheme), ("net1", NamingScheme::Ordinal));
         let pod = fixture_pod(&[ETH0, ("pod16477688c0e", "0a:58:0a:f5:01:05", None)], None);
         let r = resolve(&pod, 1).unwrap();
-        assert_eq!((r.name.as_str(), r.scheme), ("pod16477688c0e", NamingScheme::Hashed));
+        assert_eq!(
+            (r.name.as_str(), r.scheme),
+            ("pod16477688c0e", NamingScheme::Hashed)
+        );
         // SR-IOV without a status: refused, naming the network and the annotation.
         let e = resolve(&pod, 2).unwrap_err();
         let t = e.to_string();
-        assert!(t.contains("\"red\"") && t.contains(network_status::ANNOTATION), "{t}");
-        assert_eq!(crate::error::Classify::exit_kind(&e), crate::error::ExitKind::Precondition);
+        assert!(
+            t.contains("\"red\"") && t.contains(network_status::ANNOTATION),
+            "{t}"
+        );
+        assert_eq!(
+            crate::error::Classify::exit_kind(&e),
+            crate::error::ExitKind::Precondition
+        );
     }
 
     const STATUS_ORDINAL: &str = r#"[
@@ -904,11 +916,17 @@ spec:
             {"name": "default/sriov-net", "interface": "podb1f51a511f1",
              "device-info": {"type": "pci", "pci": {"pci-address": "0000:3b:02.1"}}}]"#;
         let pod = fixture_pod(
-            &[ETH0, ("pod16477688c0e", "0a:58:0a:f5:01:05", Some("10.245.1.5"))],
+            &[
+                ETH0,
+                ("pod16477688c0e", "0a:58:0a:f5:01:05", Some("10.245.1.5")),
+            ],
             Some(status),
         );
         let r = resolve(&pod, 1).unwrap();
-        assert_eq!((r.name.as_str(), r.scheme), ("pod16477688c0e", NamingScheme::Hashed));
+        assert_eq!(
+            (r.name.as_str(), r.scheme),
+            ("pod16477688c0e", NamingScheme::Hashed)
+        );
         assert_eq!(resolve(&pod, 2).unwrap().name, "podb1f51a511f1");
     }
 
@@ -920,7 +938,12 @@ spec:
             (
                 r#"[{"name": "kindnet", "interface": "eth0", "default": true},
                     {"name": "default/other", "interface": "net1"}]"#,
-                &["\"blue\"", "no entry named \"blue-net\"", "\"default/other\" on \"net1\"", "\"net1\""],
+                &[
+                    "\"blue\"",
+                    "no entry named \"blue-net\"",
+                    "\"default/other\" on \"net1\"",
+                    "\"net1\"",
+                ],
             ),
             // The entry is in another namespace.
             (
@@ -966,7 +989,10 @@ spec:
     #[test]
     fn sriov_needs_pci_device_info() {
         let cases: &[(&str, &str)] = &[
-            (r#"[{"name": "default/sriov-net", "interface": "net2"}]"#, "no \"device-info\""),
+            (
+                r#"[{"name": "default/sriov-net", "interface": "net2"}]"#,
+                "no \"device-info\"",
+            ),
             (
                 r#"[{"name": "default/sriov-net", "interface": "net2", "device-info": {"type": "vdpa"}}]"#,
                 "type \"vdpa\"",

@@ -486,7 +486,11 @@ pub fn names_match(network_name: &str, vmi_namespace: Option<&str>, status_name:
 
 impl NetworkStatus {
     /// The entries for a VMI network's `networkName`.
-    pub fn entries_for(&self, network_name: &str, vmi_namespace: Option<&str>) -> Vec<&StatusEntry> {
+    pub fn entries_for(
+        &self,
+        network_name: &str,
+        vmi_namespace: Option<&str>,
+    ) -> Vec<&StatusEntry> {
         self.entries
             .iter()
             .filter(|e| names_match(network_name, vmi_namespace, &e.name))
@@ -531,10 +535,7 @@ pub fn pci_address(entry: &StatusEntry) -> Result<String, String> {
         return Err("no \"device-info\"".into());
     };
     if d.kind != "pci" {
-        return Err(format!(
-            "device-info of type {:?}, not \"pci\"",
-            d.kind
-        ));
+        return Err(format!("device-info of type {:?}, not \"pci\"", d.kind));
     }
     let Some(a) = &d.pci_address else {
         return Err("device-info without \"pci\": {\"pci-address\": ...}".into());
@@ -636,29 +637,53 @@ mod tests {
             (r#"[{"name": ""}]"#, "[0].name: is empty"),
             (r#"[{"name": "  "}]"#, "[0].name: is empty"),
             (r#"[{"name": 7}]"#, "[0].name: is a JSON number"),
-            (r#"[{"name": "a", "interface": 3}]"#, "[0].interface: is a JSON number"),
+            (
+                r#"[{"name": "a", "interface": 3}]"#,
+                "[0].interface: is a JSON number",
+            ),
             (
                 r#"[{"name": "a", "interface": "averyveryverylongname"}]"#,
                 "is not a Linux interface name",
             ),
-            (r#"[{"name": "a", "interface": "a/b"}]"#, "is not a Linux interface name"),
+            (
+                r#"[{"name": "a", "interface": "a/b"}]"#,
+                "is not a Linux interface name",
+            ),
             (
                 r#"[{"name": "a", "interface": "net1"}, {"name": "b", "interface": "net1"}]"#,
                 "[1].interface: \"net1\" is claimed by more than one entry",
             ),
-            (r#"[{"name": "a", "ips": "10.0.0.1"}]"#, "[0].ips: is a JSON string, not a list"),
-            (r#"[{"name": "a", "ips": [5]}]"#, "[0].ips[0]: is a JSON number"),
+            (
+                r#"[{"name": "a", "ips": "10.0.0.1"}]"#,
+                "[0].ips: is a JSON string, not a list",
+            ),
+            (
+                r#"[{"name": "a", "ips": [5]}]"#,
+                "[0].ips[0]: is a JSON number",
+            ),
             (
                 r#"[{"name": "a", "ips": ["10.0.0.1", "10.0.0.300"]}]"#,
                 "[0].ips[1]: \"10.0.0.300\" is not an IP address",
             ),
-            (r#"[{"name": "a", "ips": ["fe80::1%eth0"]}]"#, "is not an IP address"),
+            (
+                r#"[{"name": "a", "ips": ["fe80::1%eth0"]}]"#,
+                "is not an IP address",
+            ),
             (r#"[{"name": "a", "mac": "zz:00:00:00:00:00"}]"#, "[0].mac:"),
             (r#"[{"name": "a", "mac": "02:00:00:00:00"}]"#, "[0].mac:"),
             (r#"[{"name": "a", "mac": 12}]"#, "[0].mac: is a JSON number"),
-            (r#"[{"name": "a", "default": "yes"}]"#, "[0].default: is a JSON string"),
-            (r#"[{"name": "a", "device-info": "pci"}]"#, "[0].device-info: is a JSON string"),
-            (r#"[{"name": "a", "device-info": {}}]"#, "[0].device-info: has no \"type\""),
+            (
+                r#"[{"name": "a", "default": "yes"}]"#,
+                "[0].default: is a JSON string",
+            ),
+            (
+                r#"[{"name": "a", "device-info": "pci"}]"#,
+                "[0].device-info: is a JSON string",
+            ),
+            (
+                r#"[{"name": "a", "device-info": {}}]"#,
+                "[0].device-info: has no \"type\"",
+            ),
             (
                 r#"[{"name": "a", "device-info": {"type": 1}}]"#,
                 "[0].device-info.type: is a JSON number",
@@ -678,8 +703,14 @@ mod tests {
         ];
         for (text, want) in cases {
             let e = err(text);
-            assert!(e.contains(want), "input {text:?}: error {e:?} lacks {want:?}");
-            assert!(e.contains(ANNOTATION), "input {text:?}: {e:?} names no annotation");
+            assert!(
+                e.contains(want),
+                "input {text:?}: error {e:?} lacks {want:?}"
+            );
+            assert!(
+                e.contains(ANNOTATION),
+                "input {text:?}: {e:?} names no annotation"
+            );
         }
     }
 
@@ -723,7 +754,9 @@ mod tests {
             pci_address(&entry(di("pci", Some("3b:02.1")))).unwrap(),
             "0000:3b:02.1"
         );
-        assert!(pci_address(&entry(None)).unwrap_err().contains("no \"device-info\""));
+        assert!(pci_address(&entry(None))
+            .unwrap_err()
+            .contains("no \"device-info\""));
         assert!(pci_address(&entry(di("vdpa", Some("0000:3b:02.1"))))
             .unwrap_err()
             .contains("\"vdpa\""));
@@ -750,10 +783,7 @@ mod tests {
     fn downward_api_annotations_file() {
         let json = r#"[{"name":"default/blue-net","interface":"net1","ips":["10.245.1.5"]}]"#;
         // What the kubelet writes: sorted `key="Go-quoted value"` lines.
-        let quoted = format!(
-            "\"{}\"",
-            json.replace('\\', "\\\\").replace('"', "\\\"")
-        );
+        let quoted = format!("\"{}\"", json.replace('\\', "\\\\").replace('"', "\\\""));
         let file = format!(
             "kubernetes.io/config.seen=\"2024-01-01T00:00:00Z\"\n{ANNOTATION}={quoted}\nk8s.v1.cni.cncf.io/networks=\"blue-net\"\n"
         );
@@ -763,18 +793,28 @@ mod tests {
         let s = parse_file(&format!("\u{feff}\n {json}\n"), "f").unwrap();
         assert_eq!(s.entries.len(), 1);
         // No network-status key: named, with the keys that are there.
-        let e = parse_file("a=\"1\"\nb=\"2\"\n", "f").unwrap_err().to_string();
-        assert!(e.contains("has no k8s.v1.cni.cncf.io/network-status") && e.contains("a, b"), "{e}");
+        let e = parse_file("a=\"1\"\nb=\"2\"\n", "f")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("has no k8s.v1.cni.cncf.io/network-status") && e.contains("a, b"),
+            "{e}"
+        );
         let e = parse_file("just words\n", "f").unwrap_err().to_string();
         assert!(e.contains("line 1"), "{e}");
-        let e = parse_file(&format!("{ANNOTATION}=[]\n"), "f").unwrap_err().to_string();
+        let e = parse_file(&format!("{ANNOTATION}=[]\n"), "f")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Go escapes"), "{e}");
     }
 
     #[test]
     fn go_unquote_handles_every_escape() {
         assert_eq!(go_unquote(r#""a\"b\\c\n\t""#).unwrap(), "a\"b\\c\n\t");
-        assert_eq!(go_unquote(r#""\x41\101\u00e9\U0001F600""#).unwrap(), "AAé😀");
+        assert_eq!(
+            go_unquote(r#""\x41\101\u00e9\U0001F600""#).unwrap(),
+            "AAé😀"
+        );
         assert_eq!(go_unquote(r#""""#).unwrap(), "");
         assert!(go_unquote("abc").is_none());
         assert!(go_unquote(r#""a"b""#).is_none());
