@@ -161,7 +161,7 @@ pub enum NetError {
     /// The Multus network-status annotation is malformed, or disagrees with the VMI or the
     /// pod (see `network_status.rs`).
     #[error(transparent)]
-    NetworkStatus(#[from] network_status::StatusError),
+    NetworkStatus(Box<network_status::StatusError>),
     #[error("{0}")]
     Other(String),
 }

@@ -16,6 +16,10 @@
 //! the fields it uses are type-checked strictly: a malformed annotation is refused (exit 3)
 //! rather than half-trusted.
 
+// The errors carry every name an operator needs; they are built at most once per run, so
+// their size does not matter (NetError boxes them).
+#![allow(clippy::result_large_err)]
+
 use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::path::Path;
@@ -139,6 +143,12 @@ pub enum StatusError {
         pci_address: String,
         sysfs: String,
     },
+}
+
+impl From<StatusError> for super::NetError {
+    fn from(e: StatusError) -> Self {
+        super::NetError::NetworkStatus(Box::new(e))
+    }
 }
 
 /// Reads the network status: `--network-status FILE` first, else the VMI's annotation, else
