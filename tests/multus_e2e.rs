@@ -164,19 +164,43 @@ fn wait_exit(child: &mut Child, timeout: Duration, log: &Path) -> ExitStatus {
     }
 }
 
-/// Boots the guest with both networks, waits for poweroff, checks both leases, both pings
-/// and the exact restore.
-fn both_networks(ifname: &str, with_status: bool) {
+/// Boots the guest with the pod network and `blue` on `ifname`, plus, when `more` is set, two
+/// more ordinal secondaries: `green` on `net2` (10.245.2.5/24, its own DHCP server) and `red` on
+/// `net3` (L2 only: no address, so no server answers the guest there). Waits for poweroff and
+/// checks every lease, the pings to every node address, and the exact restore.
+fn both_networks(ifname: &str, with_status: bool, more: bool) {
     let _g = GUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let (c, sec) = Case::new(ifname);
     let info = c.pod.info().clone();
     let node2_ip = sec["node_ip"].as_str().expect("node_ip").to_string();
     let sec_ip = sec["pod_ip"].as_str().expect("pod_ip").to_string();
     assert_eq!(sec_ip, "10.245.1.5");
+    let mut pings = vec![info.node_ip.clone(), node2_ip.clone()];
+    let mut leases = vec![info.pod_ip.clone(), sec_ip.clone()];
+    let (mut extra_ifaces, mut extra_nets) = (String::new(), String::new());
+    if more {
+        let green = c
+            .pod
+            .add_secondary("net2", "flannel", Some("10.245.2.0/24"));
+        let red = c.pod.add_secondary("net3", "l2", Some("10.245.3.0/24"));
+        assert_eq!(red["pod_ip"], serde_json::Value::Null, "{red}");
+        pings.push(green["node_ip"].as_str().unwrap().to_string());
+        leases.push(green["pod_ip"].as_str().unwrap().to_string());
+        extra_ifaces = concat!(
+            "        - {name: green, bridge: {}, macAddress: \"02:00:00:00:a1:03\"}\n",
+            "        - {name: red, bridge: {}, macAddress: \"02:00:00:00:a1:04\"}\n"
+        )
+        .to_string();
+        extra_nets = concat!(
+            "    - {name: green, multus: {networkName: green-net}}\n",
+            "    - {name: red, multus: {networkName: red-l2}}\n"
+        )
+        .to_string();
+    }
     c.write_vmi(
-        &format!("guest.ping={},{node2_ip} guest.poweroff=1", info.node_ip),
-        "",
-        "",
+        &format!("guest.ping={} guest.poweroff=1", pings.join(",")),
+        &extra_ifaces,
+        &extra_nets,
     );
     let mut extra: Vec<String> = Vec::new();
     if with_status {
@@ -221,19 +245,28 @@ fn both_networks(ifname: &str, with_status: bool) {
         tail(&c.log())
     );
     let dhcp = support::marker_lines(&serial, "GUEST-DHCP");
-    assert_eq!(dhcp.len(), 2, "two DHCP lines expected:\n{serial}");
+    let nics = leases.len() + usize::from(more);
+    assert_eq!(dhcp.len(), nics, "{nics} DHCP lines expected:\n{serial}");
     assert!(
         dhcp.iter()
             .any(|d| d.contains(&format!("ip={} ", info.pod_ip))
                 && d.contains(&format!("router={} ", info.gateway))),
         "no pod-network lease: {dhcp:?}"
     );
-    assert!(
-        dhcp.iter()
-            .any(|d| d.contains(&format!("ip={sec_ip} ")) && d.contains("mask=24 ")),
-        "no secondary lease: {dhcp:?}"
+    for ip in &leases[1..] {
+        assert!(
+            dhcp.iter()
+                .any(|d| d.contains(&format!("ip={ip} ")) && d.contains("mask=24 ")),
+            "no secondary lease for {ip}: {dhcp:?}"
+        );
+    }
+    // The L2-only network gets no lease: no server of ours serves it.
+    assert_eq!(
+        dhcp.iter().filter(|d| d.ends_with("failed")).count(),
+        usize::from(more),
+        "{dhcp:?}"
     );
-    for ip in [&info.node_ip, &node2_ip] {
+    for ip in &pings {
         assert!(
             serial.contains(&format!("GUEST-PING ip={ip} ok")),
             "the guest must ping {ip}:\n{serial}"
@@ -254,6 +287,10 @@ fn both_networks(ifname: &str, with_status: bool) {
         status["interfaces"][1]["mac"], "02:00:00:00:a1:02",
         "{status}"
     );
+    if more {
+        assert_eq!(status["interfaces"][2]["device"], "tap2", "{status}");
+        assert_eq!(status["interfaces"][3]["device"], "tap3", "{status}");
+    }
     // The pod is exactly as before (links, addresses, routes, nft, sysctls).
     let after = c.pod.snapshot();
     assert_eq!(
@@ -267,14 +304,14 @@ fn both_networks(ifname: &str, with_status: bool) {
 }
 
 #[test]
-fn ordinal_net1_guest_gets_both_addresses_and_pings_both_nodes() {
-    both_networks("net1", false);
+fn ordinal_names_every_secondary_has_its_own_server_and_l2_only_gets_none() {
+    both_networks("net1", false, true);
 }
 
 #[test]
 fn hashed_name_with_a_network_status_file_guest_gets_both_addresses() {
     // KubeVirt's hashed name of the VMI network "blue": `printf blue | sha256sum` = 16477688c0e…
-    both_networks("pod16477688c0e", true);
+    both_networks("pod16477688c0e", true, false);
 }
 
 /// Runs `launcher run` expecting a refusal: exit 3, the message has every `wants`, and the pod
