@@ -442,3 +442,24 @@ fn render_uses_the_vfs_from_a_network_status_file() {
         "{err}"
     );
 }
+
+#[test]
+fn the_status_is_recorded_with_the_pod_so_a_rerun_plans_the_same() {
+    // `network-state.json` stores the discovered pod; the status must survive the round trip
+    // (a re-run after a crash plans from the record, not from the file again).
+    let p = pod(vec![eth0()], Some(SRIOV_STATUS));
+    let text = serde_json::to_string(&p).unwrap();
+    assert!(text.contains("\"network_status\""), "{text}");
+    let back: DiscoveredPod = serde_json::from_str(&text).unwrap();
+    assert_eq!(back, p);
+    let opts = PlanOptions::default();
+    assert_eq!(
+        plan(&back, &vmi(SRIOV), &opts).unwrap(),
+        plan(&p, &vmi(SRIOV), &opts).unwrap()
+    );
+    // A pod recorded before this field existed still loads.
+    let mut old: serde_json::Value = serde_json::from_str(&text).unwrap();
+    old.as_object_mut().unwrap().remove("network_status");
+    let back: DiscoveredPod = serde_json::from_value(old).unwrap();
+    assert_eq!(back.network_status, None);
+}
