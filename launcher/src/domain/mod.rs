@@ -179,7 +179,21 @@ pub fn render_dry_run(g: &GlobalArgs, vmi: &crate::spec::Vmi) -> Result<String, 
         other => choose_accel(other, true, g.allow_emulation)?,
     };
     let facts = PodFacts::stand_in(g, vmi, hv)?;
-    let nics = stand_in_nics(vmi)?;
+    let mut nics = stand_in_nics(vmi)?;
+    // SR-IOV: the VFs' real PCI addresses when a network status is given (else stand-ins).
+    let vfs = crate::net::discover::sriov_pci_addresses(vmi, g.network_status.as_deref()).map_err(
+        |e| DomainError::PodFact {
+            what: "the Multus network status".into(),
+            message: e.to_string(),
+        },
+    )?;
+    for nic in &mut nics {
+        if let (NicAttach::Hostdev { pci_address }, Some(vfs)) = (&mut nic.attach, &vfs) {
+            if let Some(real) = vfs.get(&nic.name) {
+                *pci_address = real.clone();
+            }
+        }
+    }
     let plan = plan::plan(vmi, &nics, &facts)?;
     for note in &plan.notes {
         tracing::info!(note = %note, "domain plan");

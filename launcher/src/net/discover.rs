@@ -14,6 +14,7 @@ use netlink_packet_route::route::{
 use rtnetlink::{Handle, RouteMessageBuilder};
 use serde::{Deserialize, Serialize};
 
+use super::network_status::{self, NetworkStatus, StatusEntry, StatusError};
 use super::{Mac, NetError};
 
 /// The pod as found before any plumbing.
@@ -23,6 +24,10 @@ pub struct DiscoveredPod {
     pub interfaces: Vec<PodInterface>,
     pub dns: DnsConfig,
     pub hostname: Option<String>,
+    /// The Multus network-status annotation, when one was given (`--network-status FILE` or
+    /// the VMI's annotation): recorded with the pod, so a re-run plans the same.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_status: Option<NetworkStatus>,
 }
 
 impl DiscoveredPod {
@@ -237,6 +242,7 @@ pub async fn discover(
         interfaces,
         dns,
         hostname,
+        network_status: None,
     })
 }
 
@@ -387,6 +393,333 @@ fn route_of(r: &RouteMessage) -> Option<(u32, PodRoute)> {
     ))
 }
 
+// ------------------------------------------------------------------------------------------
+// Secondary (Multus) pod interfaces: naming and the network-status cross-check.
+
+/// Where the kernel lists PCI devices (a VF handed to the pod shows up here).
+pub const SYSFS_PCI_DEVICES: &str = "/sys/bus/pci/devices";
+
+/// How a VMI network's pod interface is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NamingScheme {
+    /// `eth0`: the pod network, or a Multus network with `default: true`.
+    Primary,
+    /// `net1`, `net2`, …: the N-th non-default Multus network in `spec.networks` order.
+    Ordinal,
+    /// `pod` + the first 11 hex digits of SHA-256 of the VMI network's name.
+    Hashed,
+}
+
+impl NamingScheme {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NamingScheme::Primary => "primary",
+            NamingScheme::Ordinal => "ordinal",
+            NamingScheme::Hashed => "hashed",
+        }
+    }
+}
+
+/// A VMI network's pod interface, and its network-status entry when a status was given.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResolvedInterface {
+    pub name: String,
+    pub scheme: NamingScheme,
+    pub status: Option<StatusEntry>,
+    /// SR-IOV only: the VF's PCI address (`0000:3b:02.1`) from the entry's device-info.
+    pub pci_address: Option<String>,
+}
+
+/// The hashed pod interface name of a secondary network: `pod` followed by the first 11 hex
+/// digits of SHA-256 over the VMI network's name (`spec.networks[].name`, not the
+/// NetworkAttachmentDefinition's). 3 + 11 = 14 characters, so `<hash>-nic` fits 15.
+pub fn hashed_pod_interface_name(network_name: &str) -> String {
+    let digest = sha256(network_name.as_bytes());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("pod{}", &hex[..11])
+}
+
+/// Which scheme the pod uses for its secondary interfaces. With a network status: ordinal when
+/// any attachment is named `net<N>`, else hashed (KubeVirt decides the same way). Without one:
+/// hashed when a hashed name of one of the VMI's secondary networks exists in the pod, else
+/// ordinal.
+pub fn secondary_scheme(pod: &DiscoveredPod, vmi: &crate::spec::Vmi) -> NamingScheme {
+    match &pod.network_status {
+        Some(s) if s.has_ordinal_interface() => NamingScheme::Ordinal,
+        Some(_) => NamingScheme::Hashed,
+        None => {
+            let hashed_present = vmi
+                .spec
+                .networks
+                .iter()
+                .filter(|n| n.multus.as_ref().is_some_and(|m| m.default != Some(true)))
+                .any(|n| pod.interface(&hashed_pod_interface_name(&n.name)).is_some());
+            if hashed_present {
+                NamingScheme::Hashed
+            } else {
+                NamingScheme::Ordinal
+            }
+        }
+    }
+}
+
+/// Finds the pod interface of a VMI network and cross-checks it with the network status.
+///
+/// - pod network: `eth0`, no checks;
+/// - Multus network: the name by [`secondary_scheme`] (`eth0` for `default: true`). With a
+///   network status, the entry whose `name` is the network's `networkName` must exist and
+///   carry that interface name, and its `mac`/`ips` must be on the pod's link of that name
+///   (when the link exists: a missing link is reported by the caller);
+/// - `sriov`: a network status is required, and the entry's device-info must give the VF's
+///   PCI address (no link is looked up: a VF bound to vfio-pci has no netdev).
+pub fn resolve_pod_interface(
+    pod: &DiscoveredPod,
+    vmi: &crate::spec::Vmi,
+    network: &crate::spec::Network,
+    sriov: bool,
+) -> Result<ResolvedInterface, NetError> {
+    let Some(multus) = network.multus.as_ref().filter(|_| network.pod.is_none()) else {
+        return Ok(ResolvedInterface {
+            name: "eth0".into(),
+            scheme: NamingScheme::Primary,
+            status: None,
+            pci_address: None,
+        });
+    };
+    let scheme = if multus.default == Some(true) {
+        NamingScheme::Primary
+    } else {
+        secondary_scheme(pod, vmi)
+    };
+    let expected = match scheme {
+        NamingScheme::Primary => "eth0".to_string(),
+        NamingScheme::Ordinal => super::plan::pod_interface_name(vmi, network),
+        NamingScheme::Hashed => hashed_pod_interface_name(&network.name),
+    };
+    let Some(status) = &pod.network_status else {
+        if sriov {
+            return Err(StatusError::NoStatus {
+                network: network.name.clone(),
+                network_name: multus.network_name.clone(),
+            }
+            .into());
+        }
+        return Ok(ResolvedInterface {
+            name: expected,
+            scheme,
+            status: None,
+            pci_address: None,
+        });
+    };
+    let candidates = status.entries_for(&multus.network_name, vmi.metadata.namespace.as_deref());
+    if candidates.is_empty() {
+        return Err(StatusError::NoEntry {
+            network: network.name.clone(),
+            network_name: multus.network_name.clone(),
+            origin: status.origin.clone(),
+            listed: status.listed(),
+            expected,
+        }
+        .into());
+    }
+    let entry = candidates
+        .iter()
+        .find(|e| e.interface.as_deref() == Some(expected.as_str()))
+        .or_else(|| {
+            // An entry without an interface name (some CNIs omit it) can only be taken when
+            // it is the only one for this network.
+            (candidates.len() == 1 && candidates[0].interface.is_none()).then(|| &candidates[0])
+        })
+        .copied()
+        .ok_or_else(|| StatusError::Mismatch {
+            network: network.name.clone(),
+            network_name: multus.network_name.clone(),
+            scheme: scheme.as_str(),
+            expected: expected.clone(),
+            origin: status.origin.clone(),
+            found: candidates
+                .iter()
+                .map(|e| match &e.interface {
+                    Some(i) => format!("{:?} is on {i:?}", e.name),
+                    None => format!("{:?} has no interface name", e.name),
+                })
+                .collect::<Vec<_>>()
+                .join(" and "),
+        })?;
+    let mut pci = None;
+    if sriov {
+        pci = Some(network_status::pci_address(entry).map_err(|problem| {
+            StatusError::NoDeviceInfo {
+                network: network.name.clone(),
+                network_name: multus.network_name.clone(),
+                origin: status.origin.clone(),
+                problem,
+            }
+        })?);
+    } else if let Some(link) = pod.interface(&expected) {
+        if let Some(mac) = entry.mac {
+            if mac != link.mac {
+                return Err(StatusError::AddressMismatch {
+                    network: network.name.clone(),
+                    interface: expected,
+                    origin: status.origin.clone(),
+                    what: "MAC",
+                    status: mac.to_string(),
+                    pod: link.mac.to_string(),
+                }
+                .into());
+            }
+        }
+        for ip in &entry.ips {
+            if !link.addresses.iter().any(|a| a.address == *ip) {
+                let on_link: Vec<String> = link
+                    .identity_addresses()
+                    .map(|a| a.address.to_string())
+                    .collect();
+                return Err(StatusError::AddressMismatch {
+                    network: network.name.clone(),
+                    interface: expected,
+                    origin: status.origin.clone(),
+                    what: "address",
+                    status: ip.to_string(),
+                    pod: if on_link.is_empty() {
+                        "no address".into()
+                    } else {
+                        on_link.join(", ")
+                    },
+                }
+                .into());
+            }
+        }
+    }
+    Ok(ResolvedInterface {
+        name: entry.interface.clone().unwrap_or(expected),
+        scheme,
+        status: Some(entry.clone()),
+        pci_address: pci,
+    })
+}
+
+/// For `launcher render` (no pod): the VF PCI address of every SR-IOV interface of the VMI,
+/// by interface name, from a network status alone (`--network-status FILE` or the VMI's
+/// annotation). `Ok(None)` when there is no status (render then uses stand-ins).
+pub fn sriov_pci_addresses(
+    vmi: &crate::spec::Vmi,
+    status_file: Option<&Path>,
+) -> Result<Option<std::collections::BTreeMap<String, String>>, NetError> {
+    let Some(status) = network_status::load(status_file, &vmi.metadata.annotations)? else {
+        return Ok(None);
+    };
+    let pod = DiscoveredPod {
+        interfaces: Vec::new(),
+        dns: DnsConfig::default(),
+        hostname: None,
+        network_status: Some(status),
+    };
+    let mut out = std::collections::BTreeMap::new();
+    for iface in &vmi.spec.domain.devices.interfaces {
+        if iface.binding_kind() != Some(crate::spec::BindingKind::Sriov) {
+            continue;
+        }
+        let Some(net) = vmi.spec.networks.iter().find(|n| n.name == iface.name) else {
+            continue;
+        };
+        let r = resolve_pod_interface(&pod, vmi, net, true)?;
+        if let Some(pci) = r.pci_address {
+            out.insert(iface.name.clone(), pci);
+        }
+    }
+    Ok(Some(out))
+}
+
+/// Before anything is touched: every SR-IOV interface's VF (its PCI address is in the result's
+/// `tap`) must be present under `sysfs_pci` (`/sys/bus/pci/devices`).
+pub fn check_vfs_present(plan: &super::NetPlan, sysfs_pci: &Path) -> Result<(), NetError> {
+    for i in plan.interfaces.iter().filter(|i| i.binding == "sriov") {
+        let p = sysfs_pci.join(&i.tap);
+        if !p.exists() {
+            return Err(StatusError::VfMissing {
+                network: i.network.clone(),
+                pci_address: i.tap.clone(),
+                sysfs: p.display().to_string(),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 (FIPS 180-4), for the hashed interface names only: a few bytes per interface, so a
+/// small straightforward implementation beats a dependency.
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    const K: [u32; 64] = [
+        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4,
+        0xab1c5ed5, 0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe,
+        0x9bdc06a7, 0xc19bf174, 0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f,
+        0x4a7484aa, 0x5cb0a9dc, 0x76f988da, 0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7,
+        0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967, 0x27b70a85, 0x2e1b2138, 0x4d2c6dfc,
+        0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85, 0xa2bfe8a1, 0xa81a664b,
+        0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070, 0x19a4c116,
+        0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
+        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7,
+        0xc67178f2,
+    ];
+    let mut h: [u32; 8] = [
+        0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
+        0x5be0cd19,
+    ];
+    let mut msg = data.to_vec();
+    let bit_len = (data.len() as u64).wrapping_mul(8);
+    msg.push(0x80);
+    while msg.len() % 64 != 56 {
+        msg.push(0);
+    }
+    msg.extend_from_slice(&bit_len.to_be_bytes());
+    for block in msg.chunks_exact(64) {
+        let mut w = [0u32; 64];
+        for (t, word) in block.chunks_exact(4).enumerate() {
+            w[t] = u32::from_be_bytes([word[0], word[1], word[2], word[3]]);
+        }
+        for t in 16..64 {
+            let s0 = w[t - 15].rotate_right(7) ^ w[t - 15].rotate_right(18) ^ (w[t - 15] >> 3);
+            let s1 = w[t - 2].rotate_right(17) ^ w[t - 2].rotate_right(19) ^ (w[t - 2] >> 10);
+            w[t] = w[t - 16]
+                .wrapping_add(s0)
+                .wrapping_add(w[t - 7])
+                .wrapping_add(s1);
+        }
+        let [mut a, mut b, mut c, mut d, mut e, mut f, mut g, mut hh] = h;
+        for t in 0..64 {
+            let s1 = e.rotate_right(6) ^ e.rotate_right(11) ^ e.rotate_right(25);
+            let ch = (e & f) ^ (!e & g);
+            let t1 = hh
+                .wrapping_add(s1)
+                .wrapping_add(ch)
+                .wrapping_add(K[t])
+                .wrapping_add(w[t]);
+            let s0 = a.rotate_right(2) ^ a.rotate_right(13) ^ a.rotate_right(22);
+            let maj = (a & b) ^ (a & c) ^ (b & c);
+            let t2 = s0.wrapping_add(maj);
+            hh = g;
+            g = f;
+            f = e;
+            e = d.wrapping_add(t1);
+            d = c;
+            c = b;
+            b = a;
+            a = t1.wrapping_add(t2);
+        }
+        for (x, v) in h.iter_mut().zip([a, b, c, d, e, f, g, hh]) {
+            *x = x.wrapping_add(v);
+        }
+    }
+    let mut out = [0u8; 32];
+    for (i, v) in h.iter().enumerate() {
+        out[i * 4..i * 4 + 4].copy_from_slice(&v.to_be_bytes());
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,5 +764,255 @@ nameserver 10.96.0.10
         let d = parse_resolv_conf("domain example.org\nnameserver 1.1.1.1 # comment\n");
         assert_eq!(d.search, vec!["example.org"]);
         assert_eq!(d.nameservers_v4, vec![Ipv4Addr::new(1, 1, 1, 1)]);
+    }
+
+    #[test]
+    fn sha256_matches_the_fips_vectors() {
+        let hex = |d: [u8; 32]| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        assert_eq!(
+            hex(sha256(b"")),
+            "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+        assert_eq!(
+            hex(sha256(b"abc")),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+        assert_eq!(
+            hex(sha256(
+                b"abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
+            )),
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        );
+        // Multi-block input (checked with coreutils' sha256sum).
+        assert_eq!(
+            hex(sha256(&[b'a'; 1000])),
+            "41edece42d63e8d9bf515a9ba6932e1c20cbc9f5a5d134645adb5db1b9737ea3"
+        );
+    }
+
+    #[test]
+    fn hashed_names_follow_kubevirt() {
+        // `printf blue | sha256sum | cut -c1-11` = 16477688c0e (KubeVirt's docs use "blue").
+        assert_eq!(hashed_pod_interface_name("blue"), "pod16477688c0e");
+        assert_eq!(hashed_pod_interface_name("red"), "podb1f51a511f1");
+        assert_eq!(hashed_pod_interface_name("blue").len(), 14);
+    }
+
+    fn fixture_pod(links: &[(&str, &str, Option<&str>)], status: Option<&str>) -> DiscoveredPod {
+        let interfaces = links
+            .iter()
+            .enumerate()
+            .map(|(i, (name, mac, ip))| PodInterface {
+                index: i as u32 + 2,
+                name: name.to_string(),
+                mac: mac.parse().unwrap(),
+                mtu: 1500,
+                up: true,
+                kind: Some("veth".into()),
+                master: None,
+                addresses: ip
+                    .map(|ip| IfAddress {
+                        address: ip.parse().unwrap(),
+                        prefix_len: 24,
+                        flags: 0,
+                        broadcast: None,
+                    })
+                    .into_iter()
+                    .collect(),
+                routes: vec![],
+            })
+            .collect();
+        DiscoveredPod {
+            interfaces,
+            dns: DnsConfig::default(),
+            hostname: None,
+            network_status: status
+                .map(|s| network_status::parse_json(s, "the test status").unwrap()),
+        }
+    }
+
+    fn fixture_vmi() -> crate::spec::Vmi {
+        crate::spec::parse_str(
+            "
+apiVersion: kubevirt.io/v1
+kind: VirtualMachineInstance
+metadata: {name: v, namespace: default}
+spec:
+  domain:
+    devices:
+      interfaces: [{name: default, bridge: {}}, {name: blue, bridge: {}}, {name: red, sriov: {}}]
+  networks:
+  - {name: default, pod: {}}
+  - {name: blue, multus: {networkName: blue-net}}
+  - {name: red, multus: {networkName: default/sriov-net}}
+",
+            "fixture",
+        )
+        .unwrap()
+        .vmi
+    }
+
+    fn resolve(pod: &DiscoveredPod, net: usize) -> Result<ResolvedInterface, NetError> {
+        let vmi = fixture_vmi();
+        let n = vmi.spec.networks[net].clone();
+        resolve_pod_interface(pod, &vmi, &n, net == 2)
+    }
+
+    const ETH0: (&str, &str, Option<&str>) = ("eth0", "0a:58:0a:f4:01:05", Some("10.244.1.5"));
+
+    #[test]
+    fn ordinal_and_hashed_names_without_a_status() {
+        let pod = fixture_pod(
+            &[ETH0, ("net1", "0a:58:0a:f5:01:05", Some("10.245.1.5"))],
+            None,
+        );
+        assert_eq!(resolve(&pod, 0).unwrap().name, "eth0");
+        let r = resolve(&pod, 1).unwrap();
+        assert_eq!((r.name.as_str(), r.scheme), ("net1", NamingScheme::Ordinal));
+        let pod = fixture_pod(&[ETH0, ("pod16477688c0e", "0a:58:0a:f5:01:05", None)], None);
+        let r = resolve(&pod, 1).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.scheme),
+            ("pod16477688c0e", NamingScheme::Hashed)
+        );
+        // SR-IOV without a status: refused, naming the network and the annotation.
+        let e = resolve(&pod, 2).unwrap_err();
+        let t = e.to_string();
+        assert!(
+            t.contains("\"red\"") && t.contains(network_status::ANNOTATION),
+            "{t}"
+        );
+        assert_eq!(
+            crate::error::Classify::exit_kind(&e),
+            crate::error::ExitKind::Precondition
+        );
+    }
+
+    const STATUS_ORDINAL: &str = r#"[
+        {"name": "kindnet", "interface": "eth0", "default": true},
+        {"name": "default/blue-net", "interface": "net1", "ips": ["10.245.1.5"], "mac": "0a:58:0a:f5:01:05"},
+        {"name": "default/sriov-net", "interface": "net2",
+         "device-info": {"type": "pci", "version": "1.1.0", "pci": {"pci-address": "0000:3b:02.1"}}}
+    ]"#;
+
+    #[test]
+    fn status_confirms_ordinal_names_and_gives_the_vf() {
+        let pod = fixture_pod(
+            &[ETH0, ("net1", "0a:58:0a:f5:01:05", Some("10.245.1.5"))],
+            Some(STATUS_ORDINAL),
+        );
+        let r = resolve(&pod, 1).unwrap();
+        assert_eq!(r.name, "net1");
+        assert_eq!(r.status.unwrap().name, "default/blue-net");
+        let r = resolve(&pod, 2).unwrap();
+        assert_eq!(r.name, "net2");
+        assert_eq!(r.pci_address.as_deref(), Some("0000:3b:02.1"));
+    }
+
+    #[test]
+    fn status_with_hashed_names_selects_the_hashed_scheme() {
+        let status = r#"[
+            {"name": "default/blue-net", "interface": "pod16477688c0e", "ips": ["10.245.1.5"]},
+            {"name": "default/sriov-net", "interface": "podb1f51a511f1",
+             "device-info": {"type": "pci", "pci": {"pci-address": "0000:3b:02.1"}}}]"#;
+        let pod = fixture_pod(
+            &[
+                ETH0,
+                ("pod16477688c0e", "0a:58:0a:f5:01:05", Some("10.245.1.5")),
+            ],
+            Some(status),
+        );
+        let r = resolve(&pod, 1).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.scheme),
+            ("pod16477688c0e", NamingScheme::Hashed)
+        );
+        assert_eq!(resolve(&pod, 2).unwrap().name, "podb1f51a511f1");
+    }
+
+    #[test]
+    fn disagreements_are_exit_3_and_name_the_network() {
+        let net1 = ("net1", "0a:58:0a:f5:01:05", Some("10.245.1.5"));
+        let cases: &[(&str, &[&str])] = &[
+            // No entry for blue-net.
+            (
+                r#"[{"name": "kindnet", "interface": "eth0", "default": true},
+                    {"name": "default/other", "interface": "net1"}]"#,
+                &[
+                    "\"blue\"",
+                    "no entry named \"blue-net\"",
+                    "\"default/other\" on \"net1\"",
+                    "\"net1\"",
+                ],
+            ),
+            // The entry is in another namespace.
+            (
+                r#"[{"name": "prod/blue-net", "interface": "net1"}]"#,
+                &["no entry named \"blue-net\""],
+            ),
+            // Ordinal scheme (net2 exists) but blue-net is on net2: order mismatch.
+            (
+                r#"[{"name": "default/blue-net", "interface": "net2"}, {"name": "default/x", "interface": "net1"}]"#,
+                &["ordinal", "\"net1\"", "\"default/blue-net\" is on \"net2\""],
+            ),
+            // Hashed scheme expected (no net<N> in the status) but the entry names another.
+            (
+                r#"[{"name": "default/blue-net", "interface": "podffffffffff0"}]"#,
+                &["hashed", "\"pod16477688c0e\"", "\"podffffffffff0\""],
+            ),
+            // MAC differs from the pod's link.
+            (
+                r#"[{"name": "default/blue-net", "interface": "net1", "mac": "0a:58:0a:f5:01:06"}]"#,
+                &["MAC 0a:58:0a:f5:01:06", "0a:58:0a:f5:01:05"],
+            ),
+            // An IP that is not on the link.
+            (
+                r#"[{"name": "default/blue-net", "interface": "net1", "ips": ["10.245.9.9"]}]"#,
+                &["address 10.245.9.9", "10.245.1.5"],
+            ),
+        ];
+        for (status, wants) in cases {
+            let pod = fixture_pod(&[ETH0, net1], Some(status));
+            let e = resolve(&pod, 1).unwrap_err();
+            assert_eq!(
+                crate::error::Classify::exit_kind(&e),
+                crate::error::ExitKind::Precondition,
+                "{e}"
+            );
+            let t = e.to_string();
+            for w in *wants {
+                assert!(t.contains(w), "status {status}: error {t:?} lacks {w:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn sriov_needs_pci_device_info() {
+        let cases: &[(&str, &str)] = &[
+            (
+                r#"[{"name": "default/sriov-net", "interface": "net2"}]"#,
+                "no \"device-info\"",
+            ),
+            (
+                r#"[{"name": "default/sriov-net", "interface": "net2", "device-info": {"type": "vdpa"}}]"#,
+                "type \"vdpa\"",
+            ),
+            (
+                r#"[{"name": "default/sriov-net", "interface": "net2", "device-info": {"type": "pci"}}]"#,
+                "without \"pci\"",
+            ),
+            (
+                r#"[{"name": "default/sriov-net", "interface": "net2", "device-info": {"type": "pci", "pci": {"pci-address": "3b:02"}}}]"#,
+                "not of the form",
+            ),
+        ];
+        for (status, want) in cases {
+            let pod = fixture_pod(&[ETH0], Some(status));
+            let t = resolve(&pod, 2).unwrap_err().to_string();
+            assert!(
+                t.contains(want) && t.contains("\"red\"") && t.contains(network_status::ANNOTATION),
+                "status {status}: {t:?} lacks {want:?}"
+            );
+        }
     }
 }

@@ -13,6 +13,7 @@ pub mod apply;
 pub mod binding;
 pub mod discover;
 pub mod nat;
+pub mod network_status;
 pub mod plan;
 pub mod state;
 
@@ -157,6 +158,10 @@ pub enum NetError {
         value: String,
         hint: String,
     },
+    /// The Multus network-status annotation is malformed, or disagrees with the VMI or the
+    /// pod (see `network_status.rs`).
+    #[error(transparent)]
+    NetworkStatus(Box<network_status::StatusError>),
     #[error("{0}")]
     Other(String),
 }
@@ -226,7 +231,8 @@ impl Classify for NetError {
             | NetError::Nft { .. }
             | NetError::PlumbedWithoutState { .. }
             | NetError::UnknownUser { .. }
-            | NetError::ReadOnlySysctl { .. } => ExitKind::Precondition,
+            | NetError::ReadOnlySysctl { .. }
+            | NetError::NetworkStatus(_) => ExitKind::Precondition,
             NetError::InvalidSpec { .. }
             | NetError::UnsupportedBinding { .. }
             | NetError::StateMismatch { .. } => ExitKind::InvalidSpec,
@@ -247,6 +253,8 @@ pub struct SetupOptions {
     pub resolv_conf: PathBuf,
     /// The pod's hostname; `None` reads `gethostname(2)`.
     pub hostname: Option<String>,
+    /// `--network-status FILE` (Multus network-status JSON or downward-API annotations file).
+    pub network_status: Option<PathBuf>,
 }
 
 impl SetupOptions {
@@ -258,6 +266,7 @@ impl SetupOptions {
                 .map(PathBuf::from)
                 .unwrap_or_else(|| PathBuf::from("/etc/resolv.conf")),
             hostname: None,
+            network_status: g.network_status.clone(),
         }
     }
 
@@ -290,7 +299,9 @@ pub async fn show(opts: &SetupOptions, vmi: &Vmi) -> Result<NetPlan, NetError> {
         return plan::plan(&st.pod, vmi, &opts.plan_options());
     }
     let handle = connect()?;
-    let pod = discover::discover(&handle, &discover_sources(opts)).await?;
+    let mut pod = discover::discover(&handle, &discover_sources(opts)).await?;
+    pod.network_status =
+        network_status::load(opts.network_status.as_deref(), &vmi.metadata.annotations)?;
     plan::plan(&pod, vmi, &opts.plan_options())
 }
 
@@ -317,7 +328,9 @@ pub async fn setup(opts: &SetupOptions, vmi: &Vmi) -> Result<NetResult, NetError
         }
         None => {
             let t = std::time::Instant::now();
-            let pod = discover::discover(&handle, &discover_sources(opts)).await?;
+            let mut pod = discover::discover(&handle, &discover_sources(opts)).await?;
+            pod.network_status =
+                network_status::load(opts.network_status.as_deref(), &vmi.metadata.annotations)?;
             tracing::debug!(
                 elapsed_us = t.elapsed().as_micros() as u64,
                 "discovered the pod"
@@ -332,6 +345,7 @@ pub async fn setup(opts: &SetupOptions, vmi: &Vmi) -> Result<NetResult, NetError
                 }
             };
             state::refuse_if_plumbed(&pod, Some(&plan), &state_path)?;
+            discover::check_vfs_present(&plan, Path::new(discover::SYSFS_PCI_DEVICES))?;
             let st = state::RecordedState::new(pod, plan);
             state::save(&opts.run_dir, &st)?;
             tracing::debug!(

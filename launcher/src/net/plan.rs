@@ -11,7 +11,7 @@ use super::binding::{self, IfaceCtx};
 use super::discover::{DiscoveredPod, IfAddress};
 use super::{Mac, NetError};
 use crate::dhcp::V4Config;
-use crate::spec::{Interface, Network, Vmi};
+use crate::spec::{BindingKind, Interface, Network, Vmi};
 
 /// Options that are not in the VMI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -71,7 +71,8 @@ pub struct IfaceResult {
     pub binding: String,
     /// The pod interface this VMI interface takes over (`eth0`, `net1`).
     pub pod_interface: String,
-    /// The device qemu opens (`<interface type='ethernet'><target dev=…>`).
+    /// The device qemu opens (`<interface type='ethernet'><target dev=…>`); for `sriov`, the
+    /// VF's PCI address (`0000:3b:02.1`, a `<hostdev>`).
     pub tap: String,
     /// The in-pod bridge, for bindings that have one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -418,7 +419,14 @@ pub fn plan(pod: &DiscoveredPod, vmi: &Vmi, opts: &PlanOptions) -> Result<NetPla
                 iface.name
             ),
         })?;
-        let pod_name = pod_interface_name(vmi, network);
+        // Multus naming (ordinal or hashed), cross-checked with the network status if any.
+        let sriov = kind == BindingKind::Sriov;
+        let resolved = super::discover::resolve_pod_interface(pod, vmi, network, sriov)?;
+        if sriov {
+            interfaces.push(sriov_result(iface, network, &resolved, &path)?);
+            continue;
+        }
+        let pod_name = resolved.name;
         let pod_iface = pod
             .interface(&pod_name)
             .ok_or_else(|| NetError::MissingPodInterface {
@@ -461,6 +469,60 @@ pub fn plan(pod: &DiscoveredPod, vmi: &Vmi, opts: &PlanOptions) -> Result<NetPla
         );
     }
     Ok(NetPlan { interfaces, steps })
+}
+
+/// SR-IOV: nothing to plumb in the pod (the SR-IOV CNI moved the VF in and bound it to
+/// vfio-pci). The result's `tap` is the VF's PCI address from the network status's
+/// device-info (the device qemu is given, as a `<hostdev>`); `mtu` is 0 (unknown: the VF's own).
+/// The guest MAC is the spec's `macAddress`, else the VF's MAC from the status, else
+/// 00:00:00:00:00:00 (unknown). A `<hostdev>` cannot set a MAC (see docs/multus.md), so a spec
+/// MAC that the status shows was not applied to the VF is refused.
+fn sriov_result(
+    iface: &Interface,
+    network: &Network,
+    resolved: &super::discover::ResolvedInterface,
+    path: &str,
+) -> Result<IfaceResult, NetError> {
+    use super::network_status::StatusError;
+    let entry = resolved.status.as_ref();
+    let pci = resolved.pci_address.clone().ok_or_else(|| {
+        NetError::Other(format!(
+            "{path}: SR-IOV interface {:?} resolved without a PCI address",
+            iface.name
+        ))
+    })?;
+    let status_mac = entry.and_then(|e| e.mac);
+    let mac = match &iface.mac_address {
+        Some(m) => {
+            let m: Mac = m.parse().map_err(|e| NetError::InvalidSpec {
+                path: format!("{path}.macAddress"),
+                message: e,
+            })?;
+            if let Some(vf) = status_mac.filter(|vf| *vf != m) {
+                return Err(StatusError::SriovMac {
+                    network: network.name.clone(),
+                    spec: m.to_string(),
+                    vf: vf.to_string(),
+                }
+                .into());
+            }
+            m
+        }
+        None => status_mac.unwrap_or(Mac([0; 6])),
+    };
+    Ok(IfaceResult {
+        name: iface.name.clone(),
+        network: network.name.clone(),
+        binding: "sriov".into(),
+        pod_interface: resolved.name.clone(),
+        tap: pci,
+        bridge: None,
+        mac,
+        mtu: 0,
+        queues: 1,
+        guest_ips: entry.map(|e| e.ips.clone()).unwrap_or_default(),
+        dhcp: None,
+    })
 }
 
 /// The bridge-family table that drops DHCP (UDP 67/68) between the pod NIC and the bridge in

@@ -1431,6 +1431,7 @@ impl Validator {
                 );
             }
             self.binding(&p, f, network);
+            self.sriov_fields(&p, f);
             if let Some(m) = f.model.as_deref() {
                 if !INTERFACE_MODELS.contains(&m) {
                     self.push(
@@ -1656,6 +1657,42 @@ impl Validator {
                 format!("{} is an IPv4 network; vmIPv6NetworkCIDR is IPv6 (use vmNetworkCIDR)", q(text)),
             ),
             _ => {}
+        }
+    }
+
+    /// SR-IOV hands the VF itself to the guest (a PCI `<hostdev>`): fields that configure an
+    /// emulated NIC, its link, or this launcher's DHCP server cannot take effect there.
+    fn sriov_fields(&mut self, p: &str, f: &Interface) {
+        if f.binding_kind() != Some(BindingKind::Sriov) {
+            return;
+        }
+        // `virtio` is the admission default for every interface; it means nothing for a VF.
+        if let Some(m) = f.model.as_deref().filter(|m| *m != "virtio") {
+            self.push(
+                format!("{p}.model"),
+                format!(
+                    "{} cannot be set with sriov: the guest sees the VF's own PCI device",
+                    q(m)
+                ),
+            );
+        }
+        if f.dhcp_options.is_some() {
+            self.push(
+                format!("{p}.dhcpOptions"),
+                "cannot be set with sriov: this launcher serves no DHCP on a VF (the VF's network does)",
+            );
+        }
+        if f.state.as_deref() == Some("down") {
+            self.push(
+                format!("{p}.state"),
+                "\"down\" cannot be set with sriov: a passed-through VF has no link state this launcher controls",
+            );
+        }
+        if !f.ports.is_empty() || !f.port_ranges.is_empty() {
+            self.push(
+                format!("{p}.ports"),
+                "cannot be set with sriov: ports are forwarded only by masquerade and passt",
+            );
         }
     }
 
@@ -3333,6 +3370,42 @@ mod tests {
         ));
         good(two_nets(
             json!([{"name": "default", "masquerade": {}}, {"name": "sec", "sriov": {}}]),
+        ));
+    }
+
+    #[test]
+    fn sriov_refuses_fields_a_vf_cannot_honour() {
+        let sriov = |extra: Value| {
+            let mut i = json!({"name": "sec", "sriov": {}});
+            for (k, v) in extra.as_object().unwrap() {
+                i[k] = v.clone();
+            }
+            two_nets(json!([{"name": "default", "masquerade": {}}, i]))
+        };
+        let p = "spec.domain.devices.interfaces[1]";
+        bad(
+            sriov(json!({"model": "e1000"})),
+            &format!("{p}.model"),
+            "VF's own PCI device",
+        );
+        bad(
+            sriov(json!({"dhcpOptions": {"bootFileName": "x"}})),
+            &format!("{p}.dhcpOptions"),
+            "no DHCP on a VF",
+        );
+        bad(
+            sriov(json!({"state": "down"})),
+            &format!("{p}.state"),
+            "no link state",
+        );
+        bad(
+            sriov(json!({"ports": [{"port": 80}]})),
+            &format!("{p}.ports"),
+            "masquerade and passt",
+        );
+        good(sriov(
+            json!({"macAddress": "02:00:00:00:00:09", "pciAddress": "0000:00:0a.0",
+                          "bootOrder": 1, "acpiIndex": 3}),
         ));
     }
 

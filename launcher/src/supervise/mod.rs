@@ -127,6 +127,10 @@ pub fn nic_inputs(net: &crate::net::NetResult) -> Result<Vec<NicInput>, Supervis
                 "bridge" | "masquerade" | "macvtap" | "tc-redirect" => NicAttach::Ethernet {
                     device: i.tap.clone(),
                 },
+                // SR-IOV: the network result's `tap` is the VF's PCI address.
+                "sriov" => NicAttach::Hostdev {
+                    pci_address: i.tap.clone(),
+                },
                 other => {
                     return Err(SuperviseError::Other(format!(
                         "interface {:?}: the {other} binding's network result cannot be attached \
