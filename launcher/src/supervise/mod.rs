@@ -7,6 +7,7 @@ pub mod daemons;
 pub mod lifecycle;
 pub mod signals;
 pub mod status;
+pub mod testhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -322,6 +323,7 @@ async fn bring_up(
     let opts = crate::net::SetupOptions::from_global(g);
     acq.net_plumbed = true; // a failed setup rolls itself back; teardown is then a no-op
     let net = crate::net::setup(&opts, c.vmi).await?;
+    testhook::pause_if_asked(&g.run_dir, Phase::Plumbing).await;
     sw.status.interfaces = net
         .interfaces
         .iter()
@@ -340,6 +342,7 @@ async fn bring_up(
             .await
             .map_err(|e| anyhow::Error::new(e).context("starting the DHCP servers"))?,
     );
+    testhook::pause_if_asked(&g.run_dir, Phase::DhcpUp).await;
     if let Some(by) = stop_requested(sig) {
         return Ok(BringUp::StoppedEarly(by));
     }
@@ -381,6 +384,7 @@ async fn bring_up(
         }
     };
     sw.status.libvirt_uri = Some(uri.clone());
+    testhook::pause_if_asked(&g.run_dir, Phase::LibvirtUp).await;
     acq.lv = Some(lifecycle::Libvirt::connect(&uri, ev_tx).await?);
     if let Some(by) = stop_requested(sig) {
         return Ok(BringUp::StoppedEarly(by));
@@ -408,6 +412,7 @@ async fn bring_up(
         since_start_ms = c.t0.elapsed().as_millis() as u64,
         "virDomainCreate returned"
     );
+    testhook::pause_if_asked(&g.run_dir, Phase::Defining).await;
     sw.phase(Phase::Starting);
     let qemu_pid = lifecycle::read_qemu_pid(name);
     sw.status.qemu_pid = qemu_pid;
