@@ -490,6 +490,11 @@ fn sigterm_right_after_define_stops_the_new_domain_and_exits_0() {
     let mut child = c.spawn();
     c.wait_paused(&mut child, "defining");
     assert_eq!(c.launcher_status(), 1, "not ready while defining");
+    let xml = format!("/etc/libvirt/qemu/{DOMAIN}.xml");
+    assert!(
+        c.pod.exec(&["test", "-e", &xml]).status.success(),
+        "the defined domain's {xml} exists (so assert_undefined can fail)"
+    );
     let qemu = pod_qemu(&c);
     let t = Instant::now();
     kill(child.id() as i32, "TERM");
@@ -545,10 +550,10 @@ fn destroy_now_during_grace(first: &str, second: &str, expect: &str) {
 
 #[test]
 fn a_second_sigterm_during_the_grace_period_destroys_at_once() {
-    destroy_now_during_grace("TERM", "TERM", "stopped by SIGTERM");
+    destroy_now_during_grace("TERM", "TERM", "stopped by SIGTERM: a second SIGTERM");
 }
 
 #[test]
 fn sigquit_during_the_grace_period_destroys_at_once() {
-    destroy_now_during_grace("INT", "QUIT", "SIGQUIT");
+    destroy_now_during_grace("INT", "QUIT", "stopped by SIGINT: SIGQUIT during the grace period");
 }
