@@ -557,3 +557,245 @@ fn a_second_sigterm_during_the_grace_period_destroys_at_once() {
 fn sigquit_during_the_grace_period_destroys_at_once() {
     destroy_now_during_grace("INT", "QUIT", "stopped by SIGINT: SIGQUIT during the grace period");
 }
+
+// ---------------------------------------------------------------------------------------------
+// 4: five libvirtd deaths within 60 s → exit 4, the reason in the termination log, nothing left.
+
+#[test]
+fn five_libvirtd_deaths_within_60_s_exit_4_with_the_reason() {
+    let _g = GUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Case::new(Opts {
+        grace: 3,
+        extra_args: "guest.hold=1".into(),
+        ..Opts::default()
+    });
+    let mut child = c.spawn();
+    wait_running(&c);
+    let launcher = child.id() as i32;
+    let qemu = pod_qemu(&c);
+    let mut killed = Vec::new();
+    for n in 1..=5 {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let pid = loop {
+            if let Some(p) = children_named(launcher, "libvirtd")
+                .into_iter()
+                .find(|p| !killed.contains(p))
+            {
+                break p;
+            }
+            if let Some(st) = child.try_wait().unwrap() {
+                panic!(
+                    "launcher ended ({st}) after {} deaths:\n{}",
+                    n - 1,
+                    tail(&c.log())
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "libvirtd not restarted after death {}:\n{}",
+                n - 1,
+                tail(&c.log())
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        kill(pid, "KILL");
+        killed.push(pid);
+        if n < 5 {
+            assert!(alive(qemu), "the guest keeps running after death {n}");
+        }
+    }
+    let st = wait_exit(&mut child, Duration::from_secs(20), "5 deaths", &c.log());
+    assert_eq!(st.code(), Some(4), "termination: {}", c.term());
+    let term = c.term();
+    assert!(
+        term.starts_with("libvirt failed: libvirtd died 5 times within 60 s"),
+        "{term}"
+    );
+    let s = c.status();
+    assert_eq!(s["phase"], "failed", "{s}");
+    assert_eq!(s["exit_code"], 4, "{s}");
+    assert!(
+        s["last_error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("died 5 times"),
+        "{s}"
+    );
+    assert!(!alive(qemu), "qemu must be gone");
+    assert_ne!(c.launcher_status(), 0);
+    c.assert_clean();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 7: the launcher as PID 1 of its container.
+
+fn ppid(pid: i32) -> i32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')')
+        .and_then(|(_, r)| r.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(-1)
+}
+
+#[test]
+fn as_pid_1_the_launcher_reaps_orphans_and_sigterm_from_inside_ends_it_cleanly() {
+    let _g = GUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Case::new(Opts {
+        grace: 3,
+        extra_args: "guest.hold=1".into(),
+        pid1: true,
+        ..Opts::default()
+    });
+    let mut child = c.spawn(); // unshare, whose child is the launcher
+    wait_running(&c);
+    let launcher = children(child.id() as i32)
+        .into_iter()
+        .find(|p| comm(*p) == "launcher")
+        .expect("the launcher is unshare's child");
+    let nspid = std::fs::read_to_string(format!("/proc/{launcher}/status"))
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("NSpid:"))
+        .map(|l| l.split_whitespace().last().unwrap().to_string())
+        .unwrap();
+    assert_eq!(nspid, "1", "the launcher is PID 1 in its PID namespace");
+    // qemu (daemonized by libvirtd) is an orphan, so PID 1's child.
+    let qemu = pod_qemu(&c);
+    assert_eq!(ppid(qemu), launcher, "qemu is the launcher's child");
+    // An orphan: a shell in the launcher's PID namespace starts `sleep 2` and exits at once.
+    let pidns = format!("/proc/{launcher}/ns/pid");
+    let out = Command::new("nsenter")
+        .args([&format!("--pid={pidns}"), "--", "sh", "-c", "sleep 2 & exit 0"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let orphan = loop {
+        if let Some(p) = children(launcher)
+            .into_iter()
+            .find(|p| comm(*p) == "sleep")
+        {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the orphan was not reparented to the launcher");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    // Once it ends, PID 1 reaps it: no zombie stays behind.
+    let deadline = Instant::now() + Duration::from_secs(6);
+    while std::path::Path::new(&format!("/proc/{orphan}")).exists() {
+        assert!(
+            Instant::now() < deadline,
+            "orphan {orphan} not reaped (zombies of the launcher: {:?})",
+            zombie_children(launcher)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(zombie_children(launcher).is_empty(), "{:?}", zombie_children(launcher));
+    assert_eq!(c.launcher_status(), 0, "launcher status while running");
+    // SIGTERM from inside the container (`kill 1`): PID 1 gets only signals it handles.
+    let out = Command::new("nsenter")
+        .args([&format!("--pid={pidns}"), "--", "sh", "-c", "kill -TERM 1"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let st = wait_exit(&mut child, Duration::from_secs(3 + 15), "SIGTERM to PID 1", &c.log());
+    assert_eq!(st.code(), Some(0), "termination: {}", c.term());
+    assert!(c.term().contains("stopped by SIGTERM"), "{}", c.term());
+    assert!(c.term().contains("destroyed"), "{}", c.term());
+    assert!(!alive(qemu));
+    c.assert_clean();
+}
+
+// ---------------------------------------------------------------------------------------------
+// 5: a guest reboot follows on_reboot (rebootPolicy: Reboot → restart, Terminate → destroy).
+
+/// The guest reboots itself: magic SysRq `b` typed on its PS/2 keyboard.
+fn guest_reboot(c: &Case) {
+    let out = c.pod.exec(&[
+        "virsh",
+        "-c",
+        "qemu:///system",
+        "send-key",
+        DOMAIN,
+        "KEY_LEFTALT",
+        "KEY_SYSRQ",
+        "KEY_B",
+    ]);
+    assert!(out.status.success(), "virsh send-key: {}", support::show(&out));
+}
+
+fn domain_xml(c: &Case) -> String {
+    std::fs::read_to_string(c.run_dir().join("domain.xml")).unwrap()
+}
+
+#[test]
+fn a_guest_reboot_with_reboot_policy_reboot_restarts_in_the_same_qemu() {
+    let _g = GUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Case::new(Opts {
+        grace: 10,
+        extra_args: "sysrq_always_enabled=1".into(),
+        ..Opts::default()
+    });
+    let mut child = c.spawn();
+    wait_running(&c);
+    assert!(
+        domain_xml(&c).contains("<on_reboot>restart</on_reboot>"),
+        "{}",
+        domain_xml(&c)
+    );
+    c.wait_serial("GUEST-READY");
+    let qemu = pod_qemu(&c);
+    guest_reboot(&c);
+    c.wait_log("the guest rebooted", Duration::from_secs(30));
+    let deadline = Instant::now() + support::guest_boot_timeout();
+    while support::marker_lines(&c.serial(), "GUEST-READY").len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the guest did not boot again:\n{}",
+            c.serial()
+        );
+        assert!(child.try_wait().unwrap().is_none(), "{}", tail(&c.log()));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        support::marker_lines(&c.serial(), "GUEST-BOOT").len(),
+        2,
+        "{}",
+        c.serial()
+    );
+    assert!(alive(qemu), "the same qemu runs the rebooted guest");
+    assert_eq!(pod_qemu(&c), qemu);
+    assert_eq!(c.launcher_status(), 0, "still ready after the reboot");
+    kill(child.id() as i32, "TERM");
+    let st = wait_exit(&mut child, Duration::from_secs(10 + 15), "SIGTERM", &c.log());
+    assert_eq!(st.code(), Some(0), "termination: {}", c.term());
+    assert_eq!(c.term().trim(), "stopped by SIGTERM: the guest shut down");
+    c.assert_clean();
+}
+
+#[test]
+fn a_guest_reboot_with_reboot_policy_terminate_ends_the_run_with_exit_0() {
+    let _g = GUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let c = Case::new(Opts {
+        grace: 10,
+        extra_args: "sysrq_always_enabled=1".into(),
+        reboot_policy: Some("Terminate"),
+        ..Opts::default()
+    });
+    let mut child = c.spawn();
+    wait_running(&c);
+    assert!(
+        domain_xml(&c).contains("<on_reboot>destroy</on_reboot>"),
+        "{}",
+        domain_xml(&c)
+    );
+    c.wait_serial("GUEST-READY");
+    let qemu = pod_qemu(&c);
+    guest_reboot(&c);
+    let st = wait_exit(&mut child, Duration::from_secs(30), "guest reboot", &c.log());
+    assert_eq!(st.code(), Some(0), "termination: {}", c.term());
+    assert!(c.term().contains("reboot"), "{}", c.term());
+    assert_eq!(support::marker_lines(&c.serial(), "GUEST-BOOT").len(), 1);
+    assert!(!alive(qemu));
+    c.assert_clean();
+}
