@@ -82,6 +82,8 @@ impl Acquired {
     /// Undoes everything, in reverse order, collecting every error.
     async fn teardown(&mut self, run_dir: &Path) -> Vec<String> {
         let mut errors = Vec::new();
+        let defined = self.domain_defined.clone();
+        let own_daemons = !self.daemons.is_empty();
         if let (Some(lv), Some(name)) = (self.lv.as_mut(), self.domain_defined.take()) {
             if lv.connected() {
                 let n = name.clone();
@@ -100,6 +102,9 @@ impl Acquired {
         while let Some(d) = self.daemons.pop() {
             d.stop().await;
         }
+        if let (true, Some(name)) = (own_daemons, defined) {
+            forget_leftover_definition(&name);
+        }
         if let Some(servers) = self.dhcp.take() {
             servers.shutdown().await;
         }
@@ -109,6 +114,25 @@ impl Acquired {
             }
         }
         errors
+    }
+}
+
+/// With our own daemons stopped, a definition still on disk is one libvirt could not undefine
+/// (the daemon was dead, e.g. after five deaths): remove its files, so nothing is left behind
+/// in the pod (the domain's persistent XML in /etc/libvirt/qemu and its status in /run).
+fn forget_leftover_definition(name: &str) {
+    let files = [
+        PathBuf::from(format!("/etc/libvirt/qemu/{name}.xml")),
+        PathBuf::from(format!("/run/libvirt/qemu/{name}.xml")),
+        lifecycle::qemu_pid_file(name),
+    ];
+    for f in files {
+        if f.exists() {
+            tracing::warn!(path = %f.display(), "libvirt could not undefine the domain; removing its file");
+            if let Err(e) = std::fs::remove_file(&f) {
+                tracing::warn!(path = %f.display(), error = %e, "removing a leftover domain file");
+            }
+        }
     }
 }
 
