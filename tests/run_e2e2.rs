@@ -806,3 +806,186 @@ fn a_guest_reboot_with_reboot_policy_terminate_ends_the_run_with_exit_0() {
     assert!(!alive(qemu));
     c.assert_clean();
 }
+
+// ---------------------------------------------------------------------------------------------
+// 3: `--libvirt-uri` with an external daemon, killed (-9) and restarted by its own supervisor
+// (this test): the launcher reconnects, re-registers its callbacks (a guest poweroff afterwards
+// is still seen through events: exit 0, not a crash) and never manages that daemon's life.
+
+/// A libvirtd the test runs in the pod, with its own config, socket dir and pid file.
+struct ExternalLibvirtd {
+    dir: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+}
+
+impl ExternalLibvirtd {
+    fn new(c: &Case) -> ExternalLibvirtd {
+        let dir = c.path("extlv");
+        std::fs::create_dir_all(dir.join("sock")).unwrap();
+        std::fs::write(
+            dir.join("libvirtd.conf"),
+            format!(
+                "listen_tls = 0\nlisten_tcp = 0\nunix_sock_dir = \"{}\"\n\
+                 unix_sock_rw_perms = \"0700\"\nauth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\n\
+                 log_outputs = \"3:stderr\"\n",
+                dir.join("sock").display()
+            ),
+        )
+        .unwrap();
+        // The pod's own /etc/libvirt (a private tmpfs): the QEMU driver reads only this path.
+        c.pod.sh(
+            "cat > /etc/libvirt/qemu.conf <<'EOF'\nuser = \"root\"\ngroup = \"root\"\n\
+             dynamic_ownership = 0\nremember_owner = 0\nnamespaces = [ ]\n\
+             cgroup_controllers = [ ]\nsecurity_driver = \"none\"\nstdio_handler = \"file\"\nEOF",
+        );
+        ExternalLibvirtd {
+            dir,
+            child: None,
+            starts: 0,
+        }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("sock/libvirt-sock")
+    }
+
+    fn uri(&self) -> String {
+        format!("qemu:///system?socket={}", self.socket().display())
+    }
+
+    fn start(&mut self, c: &Case) {
+        let _ = std::fs::remove_file(self.socket());
+        self.starts += 1;
+        let log = std::fs::File::create(self.dir.join(format!("libvirtd-{}.log", self.starts)))
+            .unwrap();
+        let conf = self.dir.join("libvirtd.conf");
+        let pidf = self.dir.join("libvirtd.pid");
+        let child = c
+            .pod
+            .exec_cmd(&[
+                "libvirtd",
+                "-f",
+                conf.to_str().unwrap(),
+                "-p",
+                pidf.to_str().unwrap(),
+            ])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting the external libvirtd");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.socket().exists() {
+            assert!(Instant::now() < deadline, "external libvirtd did not come up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.as_ref().unwrap().id() as i32
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut ch) = self.child.take() {
+            let _ = ch.kill();
+            let _ = ch.wait();
+        }
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut ch) = self.child.take() {
+            kill(ch.id() as i32, "TERM");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while ch.try_wait().unwrap().is_none() {
+                if Instant::now() > deadline {
+                    let _ = ch.kill();
+                    let _ = ch.wait();
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+impl Drop for ExternalLibvirtd {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn count_in_log(c: &Case, needle: &str) -> usize {
+    std::fs::read_to_string(c.log())
+        .unwrap_or_default()
+        .matches(needle)
+        .count()
+}
+
+#[test]
+fn an_external_libvirtd_killed_and_restarted_is_reconnected_and_events_still_arrive() {
+    let _g = GUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let mut c = Case::new(Opts::default());
+    let mut lv = ExternalLibvirtd::new(&c);
+    lv.start(&c);
+    c.o.libvirt_uri = Some(lv.uri());
+    let mut child = c.spawn();
+    let s = wait_running(&c);
+    assert_eq!(s["libvirt_uri"], lv.uri().as_str(), "{s}");
+    let launcher = child.id() as i32;
+    assert!(
+        children_named(launcher, "libvirtd").is_empty() && children_named(launcher, "virtlogd").is_empty(),
+        "with --libvirt-uri the launcher starts no daemon"
+    );
+    c.wait_serial("GUEST-READY");
+    let qemu = pod_qemu(&c);
+    assert_eq!(count_in_log(&c, "event callbacks registered"), 1);
+
+    // The external daemon dies; its supervisor (this test) restarts it.
+    lv.kill9();
+    c.wait_log("the libvirt connection closed", Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(500));
+    lv.start(&c);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while count_in_log(&c, "domain state after reconnecting") < 1 {
+        assert!(Instant::now() < deadline, "no reconnect:\n{}", tail(&c.log()));
+        assert!(child.try_wait().unwrap().is_none(), "{}", tail(&c.log()));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        count_in_log(&c, "event callbacks registered"),
+        2,
+        "callbacks registered again on the new connection"
+    );
+    assert!(alive(qemu), "the guest keeps running");
+    assert!(child.try_wait().unwrap().is_none(), "the launcher keeps running");
+    assert_eq!(c.launcher_status(), 0, "still ready after the reconnect");
+
+    // The guest powers off (ACPI button through the restarted daemon). Only the re-registered
+    // callbacks tell the launcher it was a poweroff; without events qemu's exit is a crash (4).
+    let uri = lv.uri();
+    let out = c.pod.exec(&["virsh", "-c", &uri, "shutdown", DOMAIN]);
+    assert!(out.status.success(), "virsh shutdown: {}", support::show(&out));
+    let st = wait_exit(&mut child, Duration::from_secs(60), "guest poweroff", &c.log());
+    assert_eq!(st.code(), Some(0), "termination: {}\n{}", c.term(), tail(&c.log()));
+    assert_eq!(c.term().trim(), "the guest powered off");
+    assert!(
+        count_in_log(&c, "\"event\":\"shutdown\"") + count_in_log(&c, "\"event\":\"stopped\"") >= 1,
+        "lifecycle events after the reconnect:\n{}",
+        tail(&c.log())
+    );
+    assert!(!alive(qemu));
+    // The launcher left the daemon alone (no stop, no restart) and undefined the domain there.
+    let daemon = lv.pid();
+    assert!(alive(daemon), "the external libvirtd must outlive the launcher");
+    let out = c.pod.exec(&["virsh", "-c", &uri, "list", "--all", "--name"]);
+    assert!(out.status.success(), "{}", support::show(&out));
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains(DOMAIN),
+        "the domain is undefined: {}",
+        support::show(&out)
+    );
+    lv.stop();
+    c.assert_clean();
+}
