@@ -356,7 +356,10 @@ fn children(pid: i32) -> Vec<i32> {
     if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
         for t in tasks.flatten() {
             let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(kids.split_whitespace().filter_map(|k| k.parse::<i32>().ok()));
+            out.extend(
+                kids.split_whitespace()
+                    .filter_map(|k| k.parse::<i32>().ok()),
+            );
         }
     }
     out
@@ -502,7 +505,11 @@ fn sigterm_right_after_define_stops_the_new_domain_and_exits_0() {
     c.resume();
     let st = wait_exit(&mut child, Duration::from_secs(3 + 15), "SIGTERM", &c.log());
     assert_eq!(st.code(), Some(0), "termination: {}", c.term());
-    assert!(t.elapsed() < Duration::from_secs(3 + 10), "{:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(3 + 10),
+        "{:?}",
+        t.elapsed()
+    );
     assert!(c.term().contains("stopped by SIGTERM"), "{}", c.term());
     assert!(!alive(qemu));
     c.assert_clean();
@@ -527,7 +534,10 @@ fn destroy_now_during_grace(first: &str, second: &str, expect: &str) {
     kill(child.id() as i32, first);
     c.wait_log("asking the guest to shut down", Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(500));
-    assert!(child.try_wait().unwrap().is_none(), "still in the grace period");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "still in the grace period"
+    );
     let t = Instant::now();
     kill(child.id() as i32, second);
     let st = wait_exit(&mut child, Duration::from_secs(15), second, &c.log());
@@ -555,7 +565,11 @@ fn a_second_sigterm_during_the_grace_period_destroys_at_once() {
 
 #[test]
 fn sigquit_during_the_grace_period_destroys_at_once() {
-    destroy_now_during_grace("INT", "QUIT", "stopped by SIGINT: SIGQUIT during the grace period");
+    destroy_now_during_grace(
+        "INT",
+        "QUIT",
+        "stopped by SIGINT: SIGQUIT during the grace period",
+    );
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -665,19 +679,25 @@ fn as_pid_1_the_launcher_reaps_orphans_and_sigterm_from_inside_ends_it_cleanly()
     // An orphan: a shell in the launcher's PID namespace starts `sleep 2` and exits at once.
     let pidns = format!("/proc/{launcher}/ns/pid");
     let out = Command::new("nsenter")
-        .args([&format!("--pid={pidns}"), "--", "sh", "-c", "sleep 2 & exit 0"])
+        .args([
+            &format!("--pid={pidns}"),
+            "--",
+            "sh",
+            "-c",
+            "sleep 2 & exit 0",
+        ])
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
     let deadline = Instant::now() + Duration::from_secs(2);
     let orphan = loop {
-        if let Some(p) = children(launcher)
-            .into_iter()
-            .find(|p| comm(*p) == "sleep")
-        {
+        if let Some(p) = children(launcher).into_iter().find(|p| comm(*p) == "sleep") {
             break p;
         }
-        assert!(Instant::now() < deadline, "the orphan was not reparented to the launcher");
+        assert!(
+            Instant::now() < deadline,
+            "the orphan was not reparented to the launcher"
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     // Once it ends, PID 1 reaps it: no zombie stays behind.
@@ -690,7 +710,11 @@ fn as_pid_1_the_launcher_reaps_orphans_and_sigterm_from_inside_ends_it_cleanly()
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(zombie_children(launcher).is_empty(), "{:?}", zombie_children(launcher));
+    assert!(
+        zombie_children(launcher).is_empty(),
+        "{:?}",
+        zombie_children(launcher)
+    );
     assert_eq!(c.launcher_status(), 0, "launcher status while running");
     // SIGTERM from inside the container (`kill 1`): PID 1 gets only signals it handles.
     let out = Command::new("nsenter")
@@ -698,7 +722,12 @@ fn as_pid_1_the_launcher_reaps_orphans_and_sigterm_from_inside_ends_it_cleanly()
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    let st = wait_exit(&mut child, Duration::from_secs(3 + 15), "SIGTERM to PID 1", &c.log());
+    let st = wait_exit(
+        &mut child,
+        Duration::from_secs(3 + 15),
+        "SIGTERM to PID 1",
+        &c.log(),
+    );
     assert_eq!(st.code(), Some(0), "termination: {}", c.term());
     assert!(c.term().contains("stopped by SIGTERM"), "{}", c.term());
     assert!(c.term().contains("destroyed"), "{}", c.term());
@@ -721,7 +750,11 @@ fn guest_reboot(c: &Case) {
         "KEY_SYSRQ",
         "KEY_B",
     ]);
-    assert!(out.status.success(), "virsh send-key: {}", support::show(&out));
+    assert!(
+        out.status.success(),
+        "virsh send-key: {}",
+        support::show(&out)
+    );
 }
 
 fn domain_xml(c: &Case) -> String {
@@ -767,7 +800,12 @@ fn a_guest_reboot_with_reboot_policy_reboot_restarts_in_the_same_qemu() {
     assert_eq!(pod_qemu(&c), qemu);
     assert_eq!(c.launcher_status(), 0, "still ready after the reboot");
     kill(child.id() as i32, "TERM");
-    let st = wait_exit(&mut child, Duration::from_secs(10 + 15), "SIGTERM", &c.log());
+    let st = wait_exit(
+        &mut child,
+        Duration::from_secs(10 + 15),
+        "SIGTERM",
+        &c.log(),
+    );
     assert_eq!(st.code(), Some(0), "termination: {}", c.term());
     assert_eq!(c.term().trim(), "stopped by SIGTERM: the guest shut down");
     c.assert_clean();
@@ -792,7 +830,12 @@ fn a_guest_reboot_with_reboot_policy_terminate_ends_the_run_with_exit_0() {
     c.wait_serial("GUEST-READY");
     let qemu = pod_qemu(&c);
     guest_reboot(&c);
-    let st = wait_exit(&mut child, Duration::from_secs(30), "guest reboot", &c.log());
+    let st = wait_exit(
+        &mut child,
+        Duration::from_secs(30),
+        "guest reboot",
+        &c.log(),
+    );
     assert_eq!(st.code(), Some(0), "termination: {}", c.term());
     // libvirt reports a reset under on_reboot=destroy like a guest poweroff (qemu ran with
     // -no-reboot and stopped on the guest's reset): the documented end is exit 0.
@@ -857,8 +900,8 @@ impl ExternalLibvirtd {
     fn start(&mut self, c: &Case) {
         let _ = std::fs::remove_file(self.socket());
         self.starts += 1;
-        let log = std::fs::File::create(self.dir.join(format!("libvirtd-{}.log", self.starts)))
-            .unwrap();
+        let log =
+            std::fs::File::create(self.dir.join(format!("libvirtd-{}.log", self.starts))).unwrap();
         let conf = self.dir.join("libvirtd.conf");
         let pidf = self.dir.join("libvirtd.pid");
         let child = c
@@ -878,7 +921,10 @@ impl ExternalLibvirtd {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.socket().exists() {
-            assert!(Instant::now() < deadline, "external libvirtd did not come up");
+            assert!(
+                Instant::now() < deadline,
+                "external libvirtd did not come up"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -935,7 +981,8 @@ fn an_external_libvirtd_killed_and_restarted_is_reconnected_and_events_still_arr
     assert_eq!(s["libvirt_uri"], lv.uri().as_str(), "{s}");
     let launcher = child.id() as i32;
     assert!(
-        children_named(launcher, "libvirtd").is_empty() && children_named(launcher, "virtlogd").is_empty(),
+        children_named(launcher, "libvirtd").is_empty()
+            && children_named(launcher, "virtlogd").is_empty(),
         "with --libvirt-uri the launcher starts no daemon"
     );
     c.wait_serial("GUEST-READY");
@@ -949,7 +996,11 @@ fn an_external_libvirtd_killed_and_restarted_is_reconnected_and_events_still_arr
     lv.start(&c);
     let deadline = Instant::now() + Duration::from_secs(30);
     while count_in_log(&c, "domain state after reconnecting") < 1 {
-        assert!(Instant::now() < deadline, "no reconnect:\n{}", tail(&c.log()));
+        assert!(
+            Instant::now() < deadline,
+            "no reconnect:\n{}",
+            tail(&c.log())
+        );
         assert!(child.try_wait().unwrap().is_none(), "{}", tail(&c.log()));
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -959,16 +1010,34 @@ fn an_external_libvirtd_killed_and_restarted_is_reconnected_and_events_still_arr
         "callbacks registered again on the new connection"
     );
     assert!(alive(qemu), "the guest keeps running");
-    assert!(child.try_wait().unwrap().is_none(), "the launcher keeps running");
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the launcher keeps running"
+    );
     assert_eq!(c.launcher_status(), 0, "still ready after the reconnect");
 
     // The guest powers off (ACPI button through the restarted daemon). Only the re-registered
     // callbacks tell the launcher it was a poweroff; without events qemu's exit is a crash (4).
     let uri = lv.uri();
     let out = c.pod.exec(&["virsh", "-c", &uri, "shutdown", DOMAIN]);
-    assert!(out.status.success(), "virsh shutdown: {}", support::show(&out));
-    let st = wait_exit(&mut child, Duration::from_secs(60), "guest poweroff", &c.log());
-    assert_eq!(st.code(), Some(0), "termination: {}\n{}", c.term(), tail(&c.log()));
+    assert!(
+        out.status.success(),
+        "virsh shutdown: {}",
+        support::show(&out)
+    );
+    let st = wait_exit(
+        &mut child,
+        Duration::from_secs(60),
+        "guest poweroff",
+        &c.log(),
+    );
+    assert_eq!(
+        st.code(),
+        Some(0),
+        "termination: {}\n{}",
+        c.term(),
+        tail(&c.log())
+    );
     assert_eq!(c.term().trim(), "the guest powered off");
     assert!(
         count_in_log(&c, "\"event\":\"shutdown\"") + count_in_log(&c, "\"event\":\"stopped\"") >= 1,
@@ -978,8 +1047,13 @@ fn an_external_libvirtd_killed_and_restarted_is_reconnected_and_events_still_arr
     assert!(!alive(qemu));
     // The launcher left the daemon alone (no stop, no restart) and undefined the domain there.
     let daemon = lv.pid();
-    assert!(alive(daemon), "the external libvirtd must outlive the launcher");
-    let out = c.pod.exec(&["virsh", "-c", &uri, "list", "--all", "--name"]);
+    assert!(
+        alive(daemon),
+        "the external libvirtd must outlive the launcher"
+    );
+    let out = c
+        .pod
+        .exec(&["virsh", "-c", &uri, "list", "--all", "--name"]);
     assert!(out.status.success(), "{}", support::show(&out));
     assert!(
         !String::from_utf8_lossy(&out.stdout).contains(DOMAIN),
