@@ -992,7 +992,11 @@ fn an_external_libvirtd_killed_and_restarted_is_reconnected_and_events_still_arr
     // The external daemon dies; its supervisor (this test) restarts it.
     lv.kill9();
     c.wait_log("the libvirt connection closed", Duration::from_secs(15));
-    std::thread::sleep(Duration::from_millis(500));
+    // A long outage (its supervisor may take a while): the launcher must keep trying, not give
+    // up after a fixed number of attempts (it once stopped after about 10 s).
+    std::thread::sleep(Duration::from_secs(15));
+    assert!(child.try_wait().unwrap().is_none(), "{}", tail(&c.log()));
+    assert!(alive(qemu), "the guest runs on while libvirtd is down");
     lv.start(&c);
     let deadline = Instant::now() + Duration::from_secs(30);
     while count_in_log(&c, "domain state after reconnecting") < 1 {
