@@ -398,6 +398,10 @@ impl Watch<'_> {
         let mut started = false;
         let mut stop_pending = false; // a graceful stop still to be sent (libvirt was down)
         let mut end_seen: Option<tokio::time::Instant> = None;
+        // An external daemon (--libvirt-uri) that went away: one reconnect attempt per tick
+        // until it is back, for as long as it takes, without blocking signals or qemu's end.
+        let mut reconnect_at: Option<tokio::time::Instant> = None;
+        let mut reconnect_failures = 0u32;
         loop {
             let confirm_at = end_seen.map(|t| t + END_CONFIRM);
             tokio::select! {
@@ -428,8 +432,9 @@ impl Watch<'_> {
                             tracing::warn!(reason, "the libvirt connection closed");
                             self.lv.mark_dead();
                             if self.own_daemon.is_none() {
-                                // An external daemon: try to get back to it.
-                                self.try_reconnect(&mut started).await;
+                                // An external daemon: its own supervisor restarts it; get back
+                                // to it when it is there again.
+                                reconnect_at = Some(tokio::time::Instant::now());
                             }
                         }
                     }
@@ -477,6 +482,21 @@ impl Watch<'_> {
                     self.destroy(&mut facts).await;
                     deadline = None;
                 }
+                _ = sleep_until_opt(reconnect_at) => {
+                    if self.reconnect_once(&mut started).await {
+                        reconnect_at = None;
+                        reconnect_failures = 0;
+                        if stop_pending {
+                            stop_pending = !self.shutdown().await;
+                        }
+                    } else {
+                        reconnect_failures += 1;
+                        if reconnect_failures % 20 == 1 {
+                            tracing::warn!(uri = %self.lv.uri, attempts = reconnect_failures, "libvirt is still unreachable; retrying");
+                        }
+                        reconnect_at = Some(tokio::time::Instant::now() + Duration::from_millis(250));
+                    }
+                }
                 news = inputs.daemon_news.recv() => {
                     let Some(news) = news else { continue };
                     match news {
@@ -505,6 +525,28 @@ impl Watch<'_> {
                 }
             }
         }
+    }
+
+    /// One reconnect attempt (with the callbacks re-registered); true when connected again.
+    async fn reconnect_once(&mut self, started: &mut bool) -> bool {
+        if let Err(e) = self.lv.reconnect().await {
+            tracing::debug!(error = %e, "reconnecting to libvirt");
+            return false;
+        }
+        let name = self.name.clone();
+        let state = self
+            .lv
+            .with(move |c| {
+                let d = Domain::lookup_by_name(c, &name)
+                    .map_err(|e| verr("looking up the domain", e))?;
+                d.get_state().map_err(|e| verr("domain state", e))
+            })
+            .await;
+        tracing::info!(?state, "domain state after reconnecting");
+        if matches!(state, Ok((s, _)) if s == vsys::VIR_DOMAIN_RUNNING) {
+            *started = true;
+        }
+        true
     }
 
     async fn try_reconnect(&mut self, started: &mut bool) {
