@@ -220,6 +220,9 @@ pub enum Outcome {
     GuestPoweroff,
     /// Stopped on request (signal); `destroyed` when the grace period ran out or SIGQUIT.
     Stopped { by: String, destroyed: bool },
+    /// Stopped on request and destroyed at once: `now_by` (a second SIGTERM/SIGINT, or SIGQUIT)
+    /// asked to destroy without waiting for the grace period.
+    DestroyedNow { by: String, now_by: String },
     /// qemu ended unexpectedly.
     Crashed(String),
     /// libvirt failed for good (daemon crash loop).
@@ -229,7 +232,7 @@ pub enum Outcome {
 impl Outcome {
     pub fn exit_code(&self) -> u8 {
         match self {
-            Outcome::GuestPoweroff | Outcome::Stopped { .. } => 0,
+            Outcome::GuestPoweroff | Outcome::Stopped { .. } | Outcome::DestroyedNow { .. } => 0,
             Outcome::Crashed(_) | Outcome::LibvirtFailed(_) => 4,
         }
     }
@@ -246,6 +249,17 @@ impl Outcome {
                 destroyed: true,
             } => format!(
                 "stopped by {by}: the guest did not shut down within {grace} s, so it was destroyed"
+            ),
+            Outcome::DestroyedNow { by, now_by } if by == now_by && by == "SIGQUIT" => {
+                "stopped by SIGQUIT: the domain was destroyed at once".into()
+            }
+            Outcome::DestroyedNow { by, now_by } if by == now_by => format!(
+                "stopped by {by}: a second {now_by} during the grace period, so the domain was \
+                 destroyed at once"
+            ),
+            Outcome::DestroyedNow { by, now_by } => format!(
+                "stopped by {by}: {now_by} during the grace period, so the domain was destroyed \
+                 at once"
             ),
             Outcome::Crashed(r) => r.clone(),
             Outcome::LibvirtFailed(r) => format!("libvirt failed: {r}"),
@@ -288,6 +302,8 @@ pub struct EndFacts {
     /// A stop was requested (`Some(signal name)`), and whether we destroyed.
     pub requested: Option<String>,
     pub destroyed_by_us: bool,
+    /// The signal that asked to destroy at once (a second SIGTERM/SIGINT, or SIGQUIT).
+    pub destroy_now_by: Option<String>,
     /// The guest asked to power off (a SHUTDOWN event).
     pub guest_shutdown: bool,
     /// The detail of libvirt's STOPPED event, if it came.
@@ -303,6 +319,12 @@ pub struct EndFacts {
 
 /// Classifies the end (pure).
 pub fn classify(f: &EndFacts) -> Outcome {
+    if let (Some(by), Some(now_by)) = (&f.requested, &f.destroy_now_by) {
+        return Outcome::DestroyedNow {
+            by: by.clone(),
+            now_by: now_by.clone(),
+        };
+    }
     if let Some(by) = &f.requested {
         return Outcome::Stopped {
             by: by.clone(),
@@ -376,6 +398,10 @@ impl Watch<'_> {
         let mut started = false;
         let mut stop_pending = false; // a graceful stop still to be sent (libvirt was down)
         let mut end_seen: Option<tokio::time::Instant> = None;
+        // An external daemon (--libvirt-uri) that went away: one reconnect attempt per tick
+        // until it is back, for as long as it takes, without blocking signals or qemu's end.
+        let mut reconnect_at: Option<tokio::time::Instant> = None;
+        let mut reconnect_failures = 0u32;
         loop {
             let confirm_at = end_seen.map(|t| t + END_CONFIRM);
             tokio::select! {
@@ -406,8 +432,9 @@ impl Watch<'_> {
                             tracing::warn!(reason, "the libvirt connection closed");
                             self.lv.mark_dead();
                             if self.own_daemon.is_none() {
-                                // An external daemon: try to get back to it.
-                                self.try_reconnect(&mut started).await;
+                                // An external daemon: its own supervisor restarts it; get back
+                                // to it when it is there again.
+                                reconnect_at = Some(tokio::time::Instant::now());
                             }
                         }
                     }
@@ -439,6 +466,10 @@ impl Watch<'_> {
                         });
                     }
                     if now_req {
+                        facts.destroy_now_by.get_or_insert_with(|| match req {
+                            Request::Stop(s) => s.as_str().to_string(),
+                            Request::StopNow => "SIGQUIT".to_string(),
+                        });
                         self.destroy(&mut facts).await;
                     } else {
                         deadline = Some(tokio::time::Instant::now() + self.grace);
@@ -450,6 +481,21 @@ impl Watch<'_> {
                     tracing::warn!(grace_s = self.grace.as_secs(), "grace period over; destroying the domain");
                     self.destroy(&mut facts).await;
                     deadline = None;
+                }
+                _ = sleep_until_opt(reconnect_at) => {
+                    if self.reconnect_once(&mut started).await {
+                        reconnect_at = None;
+                        reconnect_failures = 0;
+                        if stop_pending {
+                            stop_pending = !self.shutdown().await;
+                        }
+                    } else {
+                        reconnect_failures += 1;
+                        if reconnect_failures % 20 == 1 {
+                            tracing::warn!(uri = %self.lv.uri, attempts = reconnect_failures, "libvirt is still unreachable; retrying");
+                        }
+                        reconnect_at = Some(tokio::time::Instant::now() + Duration::from_millis(250));
+                    }
                 }
                 news = inputs.daemon_news.recv() => {
                     let Some(news) = news else { continue };
@@ -479,6 +525,28 @@ impl Watch<'_> {
                 }
             }
         }
+    }
+
+    /// One reconnect attempt (with the callbacks re-registered); true when connected again.
+    async fn reconnect_once(&mut self, started: &mut bool) -> bool {
+        if let Err(e) = self.lv.reconnect().await {
+            tracing::debug!(error = %e, "reconnecting to libvirt");
+            return false;
+        }
+        let name = self.name.clone();
+        let state = self
+            .lv
+            .with(move |c| {
+                let d = Domain::lookup_by_name(c, &name)
+                    .map_err(|e| verr("looking up the domain", e))?;
+                d.get_state().map_err(|e| verr("domain state", e))
+            })
+            .await;
+        tracing::info!(?state, "domain state after reconnecting");
+        if matches!(state, Ok((s, _)) if s == vsys::VIR_DOMAIN_RUNNING) {
+            *started = true;
+        }
+        true
     }
 
     async fn try_reconnect(&mut self, started: &mut bool) {
@@ -636,6 +704,24 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(classify(&f).exit_code(), 4);
+    }
+
+    #[test]
+    fn destroy_now_names_the_second_request_not_the_grace_period() {
+        let mut f = EndFacts {
+            requested: Some("SIGTERM".into()),
+            destroyed_by_us: true,
+            destroy_now_by: Some("SIGTERM".into()),
+            ..Default::default()
+        };
+        let m = classify(&f).message(60);
+        assert_eq!(classify(&f).exit_code(), 0);
+        assert!(m.contains("a second SIGTERM"), "{m}");
+        assert!(!m.contains("within 60 s"), "{m}");
+        f.requested = Some("SIGQUIT".into());
+        f.destroy_now_by = Some("SIGQUIT".into());
+        let m = classify(&f).message(60);
+        assert_eq!(m, "stopped by SIGQUIT: the domain was destroyed at once");
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod daemons;
 pub mod lifecycle;
 pub mod signals;
 pub mod status;
+pub mod testhook;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -81,6 +82,8 @@ impl Acquired {
     /// Undoes everything, in reverse order, collecting every error.
     async fn teardown(&mut self, run_dir: &Path) -> Vec<String> {
         let mut errors = Vec::new();
+        let defined = self.domain_defined.clone();
+        let own_daemons = !self.daemons.is_empty();
         if let (Some(lv), Some(name)) = (self.lv.as_mut(), self.domain_defined.take()) {
             if lv.connected() {
                 let n = name.clone();
@@ -99,6 +102,9 @@ impl Acquired {
         while let Some(d) = self.daemons.pop() {
             d.stop().await;
         }
+        if let (true, Some(name)) = (own_daemons, defined) {
+            forget_leftover_definition(&name);
+        }
         if let Some(servers) = self.dhcp.take() {
             servers.shutdown().await;
         }
@@ -108,6 +114,25 @@ impl Acquired {
             }
         }
         errors
+    }
+}
+
+/// With our own daemons stopped, a definition still on disk is one libvirt could not undefine
+/// (the daemon was dead, e.g. after five deaths): remove its files, so nothing is left behind
+/// in the pod (the domain's persistent XML in /etc/libvirt/qemu and its status in /run).
+fn forget_leftover_definition(name: &str) {
+    let files = [
+        PathBuf::from(format!("/etc/libvirt/qemu/{name}.xml")),
+        PathBuf::from(format!("/run/libvirt/qemu/{name}.xml")),
+        lifecycle::qemu_pid_file(name),
+    ];
+    for f in files {
+        if f.exists() {
+            tracing::warn!(path = %f.display(), "libvirt could not undefine the domain; removing its file");
+            if let Err(e) = std::fs::remove_file(&f) {
+                tracing::warn!(path = %f.display(), error = %e, "removing a leftover domain file");
+            }
+        }
     }
 }
 
@@ -326,6 +351,7 @@ async fn bring_up(
     let opts = crate::net::SetupOptions::from_global(g);
     acq.net_plumbed = true; // a failed setup rolls itself back; teardown is then a no-op
     let net = crate::net::setup(&opts, c.vmi).await?;
+    testhook::pause_if_asked(&g.run_dir, Phase::Plumbing).await;
     sw.status.interfaces = net
         .interfaces
         .iter()
@@ -344,6 +370,7 @@ async fn bring_up(
             .await
             .map_err(|e| anyhow::Error::new(e).context("starting the DHCP servers"))?,
     );
+    testhook::pause_if_asked(&g.run_dir, Phase::DhcpUp).await;
     if let Some(by) = stop_requested(sig) {
         return Ok(BringUp::StoppedEarly(by));
     }
@@ -385,6 +412,7 @@ async fn bring_up(
         }
     };
     sw.status.libvirt_uri = Some(uri.clone());
+    testhook::pause_if_asked(&g.run_dir, Phase::LibvirtUp).await;
     acq.lv = Some(lifecycle::Libvirt::connect(&uri, ev_tx).await?);
     if let Some(by) = stop_requested(sig) {
         return Ok(BringUp::StoppedEarly(by));
@@ -412,6 +440,7 @@ async fn bring_up(
         since_start_ms = c.t0.elapsed().as_millis() as u64,
         "virDomainCreate returned"
     );
+    testhook::pause_if_asked(&g.run_dir, Phase::Defining).await;
     sw.phase(Phase::Starting);
     let qemu_pid = lifecycle::read_qemu_pid(name);
     sw.status.qemu_pid = qemu_pid;
