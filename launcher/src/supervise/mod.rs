@@ -142,7 +142,8 @@ pub fn nic_inputs(net: &crate::net::NetResult) -> Result<Vec<NicInput>, Supervis
                 name: i.name.clone(),
                 attach,
                 mac: i.mac.to_string(),
-                mtu: Some(i.mtu),
+                // passt sets the guest's MTU itself (and libvirt refuses <mtu> on it).
+                mtu: (i.binding != "passt").then_some(i.mtu),
                 queues: (i.queues > 1).then_some(i.queues),
                 guest_ips: i.guest_ips.clone(),
             })
@@ -614,7 +615,7 @@ mod tests {
                 ports: vec![port("tcp", 8080), port("udp", 53)]
             }
         );
-        assert_eq!(nics[0].mtu, Some(65520));
+        assert_eq!(nics[0].mtu, None, "passt sets the guest MTU itself");
         assert_eq!(nics[0].queues, None);
     }
 }

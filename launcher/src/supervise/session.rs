@@ -130,6 +130,16 @@ keepalive_count = 5
 /// to run. Returns (hypervisor daemon, virtlogd), both with the session environment.
 pub fn prepare(l: &Layout) -> Result<(DaemonSpec, DaemonSpec), SuperviseError> {
     use std::os::unix::fs::DirBuilderExt;
+    let uid = nix::unistd::geteuid();
+    // libvirt looks its user up and refuses every connection without a user record
+    // ("Failed to find user record for uid ...", measured).
+    if !matches!(nix::unistd::User::from_uid(uid), Ok(Some(_))) {
+        return Err(SuperviseError::Precondition(format!(
+            "uid {uid} has no user record (/etc/passwd); libvirt's session daemon refuses to \
+             run without one. Run the pod as a user of the image (runAsUser: the uid of \
+             libvirt-qemu) or add an entry for uid {uid}"
+        )));
+    }
     for d in [
         l.home(),
         l.config_dir(),
