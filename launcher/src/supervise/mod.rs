@@ -208,6 +208,9 @@ async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
     );
     st.accel = Some(facts.hypervisor.as_str().to_string());
     st.qemu_log = Some(PathBuf::from(format!("/var/log/libvirt/qemu/{name}.log")));
+    if a.libvirt_uri.is_none() {
+        session::check_passt_privileges(&vmi, session::is_non_root())?;
+    }
     if a.libvirt_uri.is_none() && session::is_non_root() {
         // Non-root: libvirt's session daemon as our own user (see supervise/session.rs).
         let l = session::activate(session::Layout::new(&g.run_dir));

@@ -203,6 +203,38 @@ pub fn prepare(l: &Layout) -> Result<(DaemonSpec, DaemonSpec), SuperviseError> {
     Ok((hv, logd))
 }
 
+/// The passt binding needs the non-root mode when the launcher starts libvirt itself: as root,
+/// libvirt 11.3 starts passt as root, passt then switches to `nobody` by itself and can no
+/// longer write its pid file into root's `/run/libvirt/qemu/passt/` (libvirtd resets that
+/// directory's owner when it starts, so preparing it does not help; measured). Checked before
+/// anything in the pod changes.
+pub fn check_passt_privileges(
+    vmi: &crate::spec::Vmi,
+    non_root: bool,
+) -> Result<(), SuperviseError> {
+    use crate::spec::BindingKind;
+    if non_root {
+        return Ok(());
+    }
+    let interfaces = &vmi.spec.domain.devices.interfaces;
+    for (i, iface) in interfaces.iter().enumerate() {
+        if iface.state.as_deref() == Some("absent") {
+            continue;
+        }
+        if let Some(k @ (BindingKind::Passt | BindingKind::Slirp)) = iface.binding_kind() {
+            let name = if k == BindingKind::Slirp {
+                "slirp (mapped to passt)"
+            } else {
+                "passt"
+            };
+            return Err(SuperviseError::Precondition(format!(
+                "spec.domain.devices.interfaces[{i}]: the {name} binding needs the launcher to                  run as a non-root user (runAsUser: the image's libvirt-qemu user, every                  capability dropped): as root, libvirt starts passt as root, passt switches                  to nobody and cannot write its pid file under /run/libvirt/qemu/passt.                  See docs/l2-bindings.md (passt), or pass --libvirt-uri"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn io_err(op: &str, p: &Path, e: std::io::Error) -> SuperviseError {
     SuperviseError::Io(format!(
         "{op} {} (non-root mode keeps libvirt's files under the run directory, which must be \
@@ -239,6 +271,33 @@ mod tests {
             .qemu_run_dir()
             .join("passt/1-default_testvm-passt-net0.socket");
         assert!(passt.as_os_str().len() < 108, "{}", passt.display());
+    }
+
+    #[test]
+    fn passt_as_root_is_refused_before_anything_changes() {
+        let vmi = |binding: &str| {
+            crate::spec::parse_str(
+                &format!(
+                    "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\n\
+                     metadata: {{name: p}}\nspec:\n  domain:\n    devices:\n      \
+                     interfaces: [{{name: default, {binding}}}]\n  \
+                     networks: [{{name: default, pod: {{}}}}]\n"
+                ),
+                "test",
+            )
+            .unwrap()
+            .vmi
+        };
+        for b in ["passt: {}", "slirp: {}", "binding: {name: passt}"] {
+            let e = check_passt_privileges(&vmi(b), false).unwrap_err();
+            assert!(e.to_string().contains("non-root"), "{b}: {e}");
+            assert_eq!(
+                crate::error::Classify::exit_kind(&e),
+                crate::error::ExitKind::Precondition
+            );
+            check_passt_privileges(&vmi(b), true).unwrap();
+        }
+        check_passt_privileges(&vmi("bridge: {}"), false).unwrap();
     }
 
     #[test]
