@@ -238,24 +238,24 @@ impl Drop for KillOnDrop {
     }
 }
 
-#[test]
-fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_dropped() {
-    require_root();
-    let uid = qemu_uid();
-    assert_ne!(uid, 0);
-    let pod = Sandbox::create(Style::Flannel);
-    let info = pod.info().clone();
-    // A pod property (containerd sets it; the manifest sets it as a safe sysctl), not plumbing.
-    pod.exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647"]);
-    let before = pod.snapshot();
+/// The pod's files, like emptyDirs owned by the pod's user (fsGroup): the VMI, the run dir,
+/// the termination log and the container-disk dir with the test guest.
+struct Files {
+    dir: tempfile::TempDir,
+    run_dir: std::path::PathBuf,
+    term: std::path::PathBuf,
+    vmi: std::path::PathBuf,
+    cdd: std::path::PathBuf,
+}
 
-    // The pod's files: like emptyDirs owned by the pod's user (fsGroup).
+fn files(info: &support::SandboxInfo, uid: u32) -> Files {
     let dir = tempfile::Builder::new()
         .prefix("passt-e2e-")
         .tempdir()
         .expect("temp dir");
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let kb = dir.path().join("cdd/kernel-boot");
+    let cdd = dir.path().join("cdd");
+    let kb = cdd.join("kernel-boot");
     std::fs::create_dir_all(&kb).unwrap();
     let g = test_guest();
     std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
@@ -308,11 +308,68 @@ spec:
         ),
     )
     .unwrap();
+    Files {
+        dir,
+        run_dir,
+        term,
+        vmi,
+        cdd,
+    }
+}
+
+#[test]
+fn passt_as_root_exits_3_asking_for_a_non_root_user_and_changes_nothing() {
+    require_root();
+    let pod = Sandbox::create(Style::Flannel);
+    let before = pod.snapshot();
+    let f = files(pod.info(), 0);
+    let bin = support::launcher_bin();
+    let out = pod.exec(&[
+        bin.to_str().unwrap(),
+        "run",
+        "--vmi",
+        f.vmi.to_str().unwrap(),
+        "--run-dir",
+        f.run_dir.to_str().unwrap(),
+        "--container-disk-dir",
+        f.cdd.to_str().unwrap(),
+        "--accel",
+        "tcg",
+        "--termination-log",
+        f.term.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", support::show(&out));
+    let message = std::fs::read_to_string(&f.term).unwrap();
+    assert!(
+        message.contains("interfaces[0]") && message.contains("non-root"),
+        "{message}"
+    );
+    assert!(pod_processes(&pod).is_empty());
+    assert!(!f.run_dir.join("network-state.json").exists());
+    assert_eq!(before, pod.snapshot(), "nothing in the pod changed");
+}
+
+#[test]
+fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_dropped() {
+    require_root();
+    let uid = qemu_uid();
+    assert_ne!(uid, 0);
+    let pod = Sandbox::create(Style::Flannel);
+    let info = pod.info().clone();
+    // A pod property (containerd sets it; the manifest sets it as a safe sysctl), not plumbing.
+    pod.exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647"]);
+    let before = pod.snapshot();
+    let Files {
+        dir,
+        run_dir,
+        term,
+        vmi,
+        cdd,
+    } = files(&info, uid);
 
     let log_path = dir.path().join("launcher.log");
     let bin = support::launcher_bin();
     let uid_s = uid.to_string();
-    let cdd = dir.path().join("cdd");
     let args: Vec<&str> = vec![
         "setpriv",
         "--reuid",
