@@ -349,6 +349,81 @@ fn passt_as_root_exits_3_asking_for_a_non_root_user_and_changes_nothing() {
     assert_eq!(before, pod.snapshot(), "nothing in the pod changed");
 }
 
+/// A stand-in for a container runtime's default seccomp profile, as far as passt is concerned:
+/// creating a user namespace (unshare; clone with CLONE_NEWUSER; clone3) fails, then it execs
+/// its arguments. Uses libseccomp through ctypes.
+const DENY_USERNS_PY: &str = r#"
+import ctypes, os, sys
+lib = ctypes.CDLL("libseccomp.so.2")
+lib.seccomp_init.restype = ctypes.c_void_p
+lib.seccomp_init.argtypes = [ctypes.c_uint32]
+class Cmp(ctypes.Structure):
+    _fields_ = [("arg", ctypes.c_uint), ("op", ctypes.c_int), ("a", ctypes.c_uint64), ("b", ctypes.c_uint64)]
+lib.seccomp_rule_add_array.argtypes = [ctypes.c_void_p, ctypes.c_uint32, ctypes.c_int, ctypes.c_uint, ctypes.POINTER(Cmp)]
+lib.seccomp_syscall_resolve_name.argtypes = [ctypes.c_char_p]
+lib.seccomp_load.argtypes = [ctypes.c_void_p]
+ctx = lib.seccomp_init(0x7fff0000)
+nr = lib.seccomp_syscall_resolve_name
+assert lib.seccomp_rule_add_array(ctx, 0x50000 | 1, nr(b"unshare"), 0, None) == 0
+newuser = (Cmp * 1)(Cmp(0, 7, 0x10000000, 0x10000000))
+assert lib.seccomp_rule_add_array(ctx, 0x50000 | 1, nr(b"clone"), 1, newuser) == 0
+assert lib.seccomp_rule_add_array(ctx, 0x50000 | 38, nr(b"clone3"), 0, None) == 0
+assert ctypes.CDLL(None).prctl(38, 1, 0, 0, 0) == 0
+assert lib.seccomp_load(ctx) == 0
+os.execvp(sys.argv[1], sys.argv[1:])
+"#;
+
+#[test]
+fn without_user_namespaces_passt_is_refused_with_exit_3_and_nothing_changes() {
+    require_root();
+    let uid = qemu_uid();
+    let pod = Sandbox::create(Style::Flannel);
+    let before = pod.snapshot();
+    let f = files(pod.info(), uid);
+    let helper = f.dir.path().join("deny-userns.py");
+    std::fs::write(&helper, DENY_USERNS_PY).unwrap();
+    let bin = support::launcher_bin();
+    let uid_s = uid.to_string();
+    let out = pod
+        .exec_cmd(&[
+            "python3",
+            helper.to_str().unwrap(),
+            "setpriv",
+            "--reuid",
+            &uid_s,
+            "--regid",
+            &uid_s,
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--ambient-caps=-all",
+            "--bounding-set=-all",
+            "--",
+            bin.to_str().unwrap(),
+            "run",
+            "--vmi",
+            f.vmi.to_str().unwrap(),
+            "--run-dir",
+            f.run_dir.to_str().unwrap(),
+            "--container-disk-dir",
+            f.cdd.to_str().unwrap(),
+            "--accel",
+            "tcg",
+            "--termination-log",
+            f.term.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", support::show(&out));
+    let message = std::fs::read_to_string(&f.term).unwrap();
+    assert!(
+        message.contains("user namespace") && message.contains("seccomp"),
+        "{message}"
+    );
+    assert!(pod_processes(&pod).is_empty());
+    assert!(!f.run_dir.join("network-state.json").exists());
+    assert_eq!(before, pod.snapshot(), "nothing in the pod changed");
+}
+
 #[test]
 fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_dropped() {
     require_root();

@@ -213,6 +213,9 @@ async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
     }
     if a.libvirt_uri.is_none() && session::is_non_root() {
         // Non-root: libvirt's session daemon as our own user (see supervise/session.rs).
+        if session::uses_passt(&vmi) {
+            session::check_user_namespaces()?;
+        }
         let l = session::activate(session::Layout::new(&g.run_dir));
         tracing::info!(uid = %nix::unistd::geteuid(), uri = %l.uri(), "running as non-root: using libvirt's session daemon");
         st.qemu_log = Some(l.qemu_log(&name));

@@ -235,6 +235,43 @@ pub fn check_passt_privileges(
     Ok(())
 }
 
+/// Whether the VMI has a passt (or slirp) interface.
+pub fn uses_passt(vmi: &crate::spec::Vmi) -> bool {
+    use crate::spec::BindingKind;
+    vmi.spec.domain.devices.interfaces.iter().any(|i| {
+        i.state.as_deref() != Some("absent")
+            && matches!(
+                i.binding_kind(),
+                Some(BindingKind::Passt | BindingKind::Slirp)
+            )
+    })
+}
+
+/// passt sandboxes itself in a new user namespace and exits when it cannot make one
+/// ("Couldn't create user namespace: Operation not permitted", measured under a seccomp filter
+/// that denies it like the container runtimes' default profiles do without CAP_SYS_ADMIN).
+/// libvirt would then only report "passt ... unexpected exit status 1", so this is checked
+/// before anything in the pod changes, with `unshare --user true` (util-linux). Without the
+/// `unshare` tool the check is skipped (with a warning).
+pub fn check_user_namespaces() -> Result<(), SuperviseError> {
+    let out = std::process::Command::new("unshare")
+        .args(["--user", "true"])
+        .stdin(std::process::Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(SuperviseError::Precondition(format!(
+            "the passt binding needs to create a user namespace (passt sandboxes itself in              one), and this pod cannot: `unshare --user` failed ({}: {}). Causes: the pod's              seccomp profile (RuntimeDefault denies unshare(CLONE_NEWUSER) without              CAP_SYS_ADMIN: use seccompProfile Unconfined or a Localhost profile that allows              it), user.max_user_namespaces = 0 on the node, or an AppArmor policy restricting              unprivileged user namespaces. See docs/l2-bindings.md (passt)",
+            o.status,
+            String::from_utf8_lossy(&o.stderr).trim()
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot run `unshare --user true` to check that passt can sandbox itself; not checked");
+            Ok(())
+        }
+    }
+}
+
 fn io_err(op: &str, p: &Path, e: std::io::Error) -> SuperviseError {
     SuperviseError::Io(format!(
         "{op} {} (non-root mode keeps libvirt's files under the run directory, which must be \
