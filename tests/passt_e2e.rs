@@ -95,7 +95,12 @@ fn golden(case: &str, p: &NetPlan) {
 
 #[test]
 fn golden_passt_plans_nothing_and_hands_the_pod_addresses_to_passt() {
-    let p = plan(&pod_fixture(), &vmi_with("passt: {}"), &PlanOptions::default()).unwrap();
+    let p = plan(
+        &pod_fixture(),
+        &vmi_with("passt: {}"),
+        &PlanOptions::default(),
+    )
+    .unwrap();
     golden("passt-flannel", &p);
     assert!(p.steps.is_empty(), "passt changes nothing in the pod");
     let r = &p.interfaces[0];
@@ -117,7 +122,12 @@ fn golden_passt_plans_nothing_and_hands_the_pod_addresses_to_passt() {
 
 #[test]
 fn golden_slirp_and_binding_name_passt_plan_exactly_like_passt() {
-    let want = plan(&pod_fixture(), &vmi_with("passt: {}"), &PlanOptions::default()).unwrap();
+    let want = plan(
+        &pod_fixture(),
+        &vmi_with("passt: {}"),
+        &PlanOptions::default(),
+    )
+    .unwrap();
     for b in ["slirp: {}", "binding: {name: passt}"] {
         let got = plan(&pod_fixture(), &vmi_with(b), &PlanOptions::default()).unwrap();
         assert_eq!(got, want, "{b}");
@@ -301,10 +311,7 @@ spec:
     - name: default
       pod: {{}}
 "#,
-            support::guest_cmdline(&format!(
-                "guest.ping={} guest.listen={PORT}",
-                info.node_ip
-            ))
+            support::guest_cmdline(&format!("guest.ping={} guest.listen={PORT}", info.node_ip))
         ),
     )
     .unwrap();
@@ -432,7 +439,12 @@ fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_droppe
     let pod = Sandbox::create(Style::Flannel);
     let info = pod.info().clone();
     // A pod property (containerd sets it; the manifest sets it as a safe sysctl), not plumbing.
-    pod.exec_ok(&["sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647"]);
+    pod.exec_ok(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ping_group_range=0 2147483647",
+    ]);
     let before = pod.snapshot();
     let Files {
         dir,
@@ -507,7 +519,13 @@ fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_droppe
     // Nothing in the pod runs as root or holds a capability: the launcher, its libvirtd and
     // virtlogd, qemu and passt.
     let procs = pod_processes(&pod);
-    for want in ["launcher", "libvirtd", "virtlogd", "qemu-system-x86", "passt"] {
+    for want in [
+        "launcher",
+        "libvirtd",
+        "virtlogd",
+        "qemu-system-x86",
+        "passt",
+    ] {
         assert!(
             procs.iter().any(|(_, c)| c.starts_with(want)),
             "{want} runs in the pod: {procs:?}"
@@ -529,7 +547,10 @@ fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_droppe
         assert_eq!(u, uid, "{comm} ({p}) runs as uid {uid}");
         assert_eq!(caps.len(), 5, "{comm}: {caps:?}");
         if userns(*p) != pod_userns {
-            assert!(comm.starts_with("passt"), "{comm} ({p}) has its own user namespace");
+            assert!(
+                comm.starts_with("passt"),
+                "{comm} ({p}) has its own user namespace"
+            );
             continue;
         }
         for (k, v) in caps {
@@ -542,7 +563,14 @@ fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_droppe
     let mut hello = String::new();
     for _ in 0..10 {
         let out = pod
-            .node_cmd(&["timeout", "10", "busybox", "nc", &info.pod_ip, &PORT.to_string()])
+            .node_cmd(&[
+                "timeout",
+                "10",
+                "busybox",
+                "nc",
+                &info.pod_ip,
+                &PORT.to_string(),
+            ])
             .stdin(Stdio::null())
             .output()
             .unwrap();

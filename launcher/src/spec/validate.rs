@@ -3328,7 +3328,11 @@ mod tests {
 
     #[test]
     fn passt_refuses_dhcp_options_it_cannot_send() {
-        for b in [json!({"passt": {}}), json!({"slirp": {}}), json!({"binding": {"name": "passt"}})] {
+        for b in [
+            json!({"passt": {}}),
+            json!({"slirp": {}}),
+            json!({"binding": {"name": "passt"}}),
+        ] {
             let mut i = json!({"masquerade": null, "dhcpOptions": {"ntpServers": ["10.0.0.1"]}});
             i.as_object_mut()
                 .unwrap()
