@@ -149,6 +149,9 @@ fn passt_takes_the_spec_mac() {
 // End to end with every capability dropped.
 
 const GRACE: u64 = 10;
+
+/// One TCG guest at a time (2 cores shared by everything).
+static GUEST_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const PORT: u16 = 8080;
 const UID: &str = "6a1c0de5-0000-4000-8000-0000000a55e0";
 
@@ -434,6 +437,7 @@ fn without_user_namespaces_passt_is_refused_with_exit_3_and_nothing_changes() {
 #[test]
 fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_dropped() {
     require_root();
+    let _one = GUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let uid = qemu_uid();
     assert_ne!(uid, 0);
     let pod = Sandbox::create(Style::Flannel);
@@ -619,4 +623,176 @@ fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_droppe
         pod.snapshot(),
         "the pod network differs from its snapshot before the run"
     );
+}
+
+/// `launcher run` in the pod as `uid` with every capability dropped (as in the test above).
+fn spawn_non_root(pod: &Sandbox, f: &Files, uid: u32, log: &Path) -> Child {
+    let bin = support::launcher_bin();
+    let uid_s = uid.to_string();
+    pod.exec_cmd(&[
+        "setpriv",
+        "--reuid",
+        &uid_s,
+        "--regid",
+        &uid_s,
+        "--clear-groups",
+        "--inh-caps=-all",
+        "--ambient-caps=-all",
+        "--bounding-set=-all",
+        "--no-new-privs",
+        "--",
+        bin.to_str().unwrap(),
+        "run",
+        "--vmi",
+        f.vmi.to_str().unwrap(),
+        "--run-dir",
+        f.run_dir.to_str().unwrap(),
+        "--container-disk-dir",
+        f.cdd.to_str().unwrap(),
+        "--accel",
+        "tcg",
+        "--termination-log",
+        f.term.to_str().unwrap(),
+        "--log-format",
+        "json",
+    ])
+    .env_remove("HOME")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(std::fs::File::create(log).unwrap())
+    .spawn()
+    .expect("spawning launcher run")
+}
+
+/// What the guest's listener answers on `<pod IP>:PORT`, connecting from the node (retried).
+fn hello_from_node(pod: &Sandbox) -> String {
+    let ip = pod.info().pod_ip.clone();
+    let mut got = String::new();
+    for _ in 0..10 {
+        let out = pod
+            .node_cmd(&["timeout", "10", "busybox", "nc", &ip, &PORT.to_string()])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        got = String::from_utf8_lossy(&out.stdout).into_owned();
+        if got.contains("HELLO-FROM-GUEST") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    got
+}
+
+/// Waits until the serial log shows `n` boots that reached GUEST-READY (the log is appended).
+fn wait_ready(f: &Files, n: usize, log: &Path) {
+    let serial = f.run_dir.join(UID).join("virt-serial0-log");
+    let deadline = Instant::now() + support::guest_boot_timeout();
+    loop {
+        let text = std::fs::read_to_string(&serial).unwrap_or_default();
+        if support::marker_lines(&text, "GUEST-READY").len() >= n {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "boot {n} did not reach GUEST-READY.\nserial:\n{text}\nlauncher log:\n{}",
+            tail(log)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn pids_named(pod: &Sandbox, prefix: &str) -> Vec<i32> {
+    pod_processes(pod)
+        .into_iter()
+        .filter(|(_, c)| c.starts_with(prefix))
+        .map(|(p, _)| p)
+        .collect()
+}
+
+/// The session mode's own paths (its daemons' pid files and sockets, qemu's pid file) carry the
+/// recovery rules of docs/run.md: a killed libvirtd is restarted and reconnected while the
+/// guest keeps running, and a rerun after a SIGKILL of the launcher stops the old qemu, passt
+/// and daemons and never runs two qemus.
+#[test]
+fn non_root_mode_restarts_a_killed_libvirtd_and_a_rerun_after_sigkill_cleans_up() {
+    require_root();
+    let _one = GUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    let uid = qemu_uid();
+    let pod = Sandbox::create(Style::Flannel);
+    pod.exec_ok(&[
+        "sysctl",
+        "-q",
+        "-w",
+        "net.ipv4.ping_group_range=0 2147483647",
+    ]);
+    let before = pod.snapshot();
+    let f = files(pod.info(), uid);
+    let log1 = f.dir.path().join("launcher-1.log");
+    let mut first = KillOnDrop(Some(spawn_non_root(&pod, &f, uid, &log1)));
+    wait_ready(&f, 1, &log1);
+    let qemu = pids_named(&pod, "qemu");
+    assert_eq!(qemu.len(), 1, "{:?}", pod_processes(&pod));
+
+    // libvirtd killed: restarted as the same user, reconnected; the guest keeps running.
+    let libvirtd = pids_named(&pod, "libvirtd");
+    assert_eq!(libvirtd.len(), 1);
+    support::run_ok(Command::new("kill").args(["-KILL", &libvirtd[0].to_string()]));
+    let (found, _) = wait_for_text(
+        &log1,
+        "domain state after reconnecting",
+        Duration::from_secs(30),
+    );
+    assert!(found, "no reconnect; log:\n{}", tail(&log1));
+    let new_libvirtd = pids_named(&pod, "libvirtd");
+    assert!(
+        new_libvirtd.len() == 1 && new_libvirtd != libvirtd,
+        "{new_libvirtd:?}"
+    );
+    assert_eq!(
+        pids_named(&pod, "qemu"),
+        qemu,
+        "the same qemu keeps running"
+    );
+    assert!(hello_from_node(&pod).contains("HELLO-FROM-GUEST"));
+
+    // The launcher SIGKILLed: its children stay behind; a rerun cleans up after it.
+    let c = first.0.as_mut().unwrap();
+    c.kill().unwrap();
+    c.wait().unwrap();
+    first.0 = None;
+    let log2 = f.dir.path().join("launcher-2.log");
+    let mut second = KillOnDrop(Some(spawn_non_root(&pod, &f, uid, &log2)));
+    wait_ready(&f, 2, &log2);
+    let qemu2 = pids_named(&pod, "qemu");
+    assert_eq!(
+        qemu2.len(),
+        1,
+        "exactly one qemu: {:?}",
+        pod_processes(&pod)
+    );
+    assert_ne!(qemu2, qemu, "the old qemu is gone");
+    assert_eq!(pids_named(&pod, "passt").len(), 1, "exactly one passt");
+    assert_eq!(pids_named(&pod, "libvirtd").len(), 1);
+    assert_eq!(pids_named(&pod, "virtlogd").len(), 1);
+    assert!(hello_from_node(&pod).contains("HELLO-FROM-GUEST"));
+
+    let pid = second.0.as_ref().unwrap().id();
+    support::run_ok(Command::new("kill").args(["-TERM", &pid.to_string()]));
+    let st = wait_exit(
+        second.0.as_mut().unwrap(),
+        Duration::from_secs(GRACE + 15),
+        &log2,
+    );
+    second.0 = None;
+    assert_eq!(st.code(), Some(0), "{st}; log:\n{}", tail(&log2));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !pod_processes(&pod).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        pod_processes(&pod).is_empty(),
+        "left: {:?}",
+        pod_processes(&pod)
+    );
+    assert_eq!(before, pod.snapshot());
 }
