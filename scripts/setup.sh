@@ -25,6 +25,7 @@ MAIN_PKGS=(
   util-linux pkg-config iperf3 time jq kea-dhcp4-server g++ debootstrap
 )
 MAIN_PKGS+=(swtpm swtpm-tools) # domain: libvirt refuses <tpm> (emulator) without swtpm
+MAIN_PKGS+=(python3 libseccomp2) # passt_e2e: a seccomp filter (libseccomp via ctypes) that denies user namespaces
 
 enable_backports() {
   local target=/etc/apt/sources.list.d/launcher-backports.sources

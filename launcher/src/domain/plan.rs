@@ -1516,7 +1516,13 @@ pub fn plan(vmi: &Vmi, nics: &[NicInput], facts: &PodFacts) -> Result<DomainPlan
                     mac,
                     model,
                     target_dev,
-                    mtu: nic.mtu,
+                    // passt: no <mtu>. libvirt 11.3 then tries to set the MTU of a host
+                    // interface that does not exist ("Cannot set interface MTU on '(null)'")
+                    // and refuses to start the domain; passt gives the guest its own MTU
+                    // (65520) over DHCP anyway.
+                    mtu: nic
+                        .mtu
+                        .filter(|_| !matches!(attach, NicAttach::Passt { .. })),
                     driver_name,
                     queues,
                     boot_order: iface.boot_order,

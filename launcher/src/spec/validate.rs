@@ -1565,6 +1565,17 @@ impl Validator {
                     ),
                 );
             }
+            BindingKind::Passt | BindingKind::Slirp if f.dhcp_options.is_some() => {
+                self.push(
+                    format!("{p}.dhcpOptions"),
+                    format!(
+                        "the {} binding cannot honour it: passt answers the guest's DHCP \
+                         itself, with the pod's addresses and no custom options (remove \
+                         dhcpOptions, or use the bridge or masquerade binding)",
+                        binding_name(b)
+                    ),
+                );
+            }
             // macvtap works on both: on the pod network it is planted on eth0 (net/binding/
             // macvtap.rs); on a Multus network it attaches to (or is planted on) net<N>.
             BindingKind::Sriov if n.multus.is_none() => {
@@ -3352,6 +3363,28 @@ mod tests {
         );
         good(iface(json!({"masquerade": null, "passt": {}})));
         good(iface(json!({"masquerade": null, "slirp": {}})));
+    }
+
+    #[test]
+    fn passt_refuses_dhcp_options_it_cannot_send() {
+        for b in [
+            json!({"passt": {}}),
+            json!({"slirp": {}}),
+            json!({"binding": {"name": "passt"}}),
+        ] {
+            let mut i = json!({"masquerade": null, "dhcpOptions": {"ntpServers": ["10.0.0.1"]}});
+            i.as_object_mut()
+                .unwrap()
+                .extend(b.as_object().unwrap().clone());
+            bad(
+                iface(i),
+                "spec.domain.devices.interfaces[0].dhcpOptions",
+                "passt answers the guest's DHCP itself",
+            );
+        }
+        good(iface(
+            json!({"masquerade": null, "binding": {"name": "passt"}, "ports": [{"port": 8080}]}),
+        ));
     }
 
     #[test]

@@ -69,6 +69,8 @@ pub struct DaemonSpec {
     pub socket: PathBuf,
     /// Its pid file (the daemon's default under a private /run).
     pub pid_file: PathBuf,
+    /// Extra environment (the non-root session mode's XDG directories; empty as root).
+    pub env: Vec<(String, PathBuf)>,
 }
 
 /// Finds `name` on `PATH` (plus the sbin directories, which are not on every PATH).
@@ -117,6 +119,7 @@ pub fn prepare(run_dir: &Path) -> Result<(DaemonSpec, DaemonSpec), SuperviseErro
             config: virtqemud_conf,
             socket: sock.join("virtqemud-sock"),
             pid_file: PathBuf::from("/run/virtqemud.pid"),
+            env: Vec::new(),
         }
     } else if let Some(b) = find_binary("libvirtd") {
         DaemonSpec {
@@ -125,6 +128,7 @@ pub fn prepare(run_dir: &Path) -> Result<(DaemonSpec, DaemonSpec), SuperviseErro
             config: libvirtd_conf,
             socket: sock.join("libvirt-sock"),
             pid_file: PathBuf::from("/run/libvirtd.pid"),
+            env: Vec::new(),
         }
     } else {
         return Err(SuperviseError::Precondition(
@@ -143,6 +147,7 @@ pub fn prepare(run_dir: &Path) -> Result<(DaemonSpec, DaemonSpec), SuperviseErro
         config: virtlogd_conf,
         socket: sock.join("virtlogd-sock"),
         pid_file: PathBuf::from("/run/virtlogd.pid"),
+        env: Vec::new(),
     };
     if let Err(e) = nix::unistd::User::from_name("libvirt-qemu") {
         tracing::warn!(error = %e, "could not look up user libvirt-qemu");
@@ -241,6 +246,7 @@ fn spawn_child(
     let mut cmd = tokio::process::Command::new(&spec.binary);
     cmd.arg("--config")
         .arg(&spec.config)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

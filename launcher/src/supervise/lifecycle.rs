@@ -200,7 +200,11 @@ pub fn define_and_start(
 }
 
 /// Where libvirt's QEMU driver (privileged) keeps the pid file of a running domain.
+/// In the non-root mode, where the session driver keeps it.
 pub fn qemu_pid_file(name: &str) -> PathBuf {
+    if let Some(l) = super::session::active() {
+        return l.qemu_run_dir().join(format!("{name}.pid"));
+    }
     Path::new("/run/libvirt/qemu").join(format!("{name}.pid"))
 }
 

@@ -5,6 +5,7 @@
 pub mod console;
 pub mod daemons;
 pub mod lifecycle;
+pub mod session;
 pub mod signals;
 pub mod status;
 pub mod testhook;
@@ -156,6 +157,8 @@ pub fn nic_inputs(net: &crate::net::NetResult) -> Result<Vec<NicInput>, Supervis
                 "sriov" => NicAttach::Hostdev {
                     pci_address: i.tap.clone(),
                 },
+                // The ports come from the spec: see `fill_passt_ports`.
+                "passt" => NicAttach::Passt { ports: Vec::new() },
                 other => {
                     return Err(SuperviseError::Other(format!(
                         "interface {:?}: the {other} binding's network result cannot be attached \
@@ -168,12 +171,34 @@ pub fn nic_inputs(net: &crate::net::NetResult) -> Result<Vec<NicInput>, Supervis
                 name: i.name.clone(),
                 attach,
                 mac: i.mac.to_string(),
-                mtu: Some(i.mtu),
+                // passt sets the guest's MTU itself (and libvirt refuses <mtu> on it).
+                mtu: (i.binding != "passt").then_some(i.mtu),
                 queues: (i.queues > 1).then_some(i.queues),
                 guest_ips: i.guest_ips.clone(),
             })
         })
         .collect()
+}
+
+/// passt forwards the spec's `ports`/`portRanges`, which the network result does not carry:
+/// takes them from the spec (the same mapping `launcher render` uses).
+pub fn fill_passt_ports(
+    nics: &mut [NicInput],
+    vmi: &crate::spec::Vmi,
+) -> Result<(), domain::DomainError> {
+    let from_spec = domain::stand_in_nics(vmi)?;
+    for nic in nics.iter_mut() {
+        if let NicAttach::Passt { ports } = &mut nic.attach {
+            if let Some(NicAttach::Passt { ports: p }) = from_spec
+                .iter()
+                .find(|s| s.name == nic.name)
+                .map(|s| &s.attach)
+            {
+                ports.clone_from(p);
+            }
+        }
+    }
+    Ok(())
 }
 
 async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
@@ -212,6 +237,18 @@ async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
     );
     st.accel = Some(facts.hypervisor.as_str().to_string());
     st.qemu_log = Some(PathBuf::from(format!("/var/log/libvirt/qemu/{name}.log")));
+    if a.libvirt_uri.is_none() {
+        session::check_passt_privileges(&vmi, session::is_non_root())?;
+    }
+    if a.libvirt_uri.is_none() && session::is_non_root() {
+        // Non-root: libvirt's session daemon as our own user (see supervise/session.rs).
+        if session::uses_passt(&vmi) {
+            session::check_user_namespaces()?;
+        }
+        let l = session::activate(session::Layout::new(&g.run_dir));
+        tracing::info!(uid = %nix::unistd::geteuid(), uri = %l.uri(), "running as non-root: using libvirt's session daemon");
+        st.qemu_log = Some(l.qemu_log(&name));
+    }
     if let Some(serial) = &pre_plan.devices.serial {
         st.serial_socket = Some(PathBuf::from(&serial.socket));
         st.serial_log = Some(PathBuf::from(&serial.log));
@@ -359,7 +396,7 @@ async fn bring_up(
             name: i.name.clone(),
             mac: i.mac.to_string(),
             guest_ips: i.guest_ips.iter().map(|ip| ip.to_string()).collect(),
-            device: Some(i.tap.clone()),
+            device: (!i.tap.is_empty()).then(|| i.tap.clone()),
             mtu: Some(i.mtu),
         })
         .collect();
@@ -376,7 +413,8 @@ async fn bring_up(
     }
 
     sw.phase(Phase::PreparingDisks);
-    let nics = nic_inputs(&net)?;
+    let mut nics = nic_inputs(&net)?;
+    fill_passt_ports(&mut nics, c.vmi)?;
     let plan = domain::plan::plan(c.vmi, &nics, &c.facts)?;
     for note in &plan.notes {
         tracing::info!(note = %note, "domain plan");
@@ -402,13 +440,16 @@ async fn bring_up(
     let uri = match &a.libvirt_uri {
         Some(u) => u.clone(),
         None => {
-            let (hv, logd) = daemons::prepare(&g.run_dir)?;
+            let (hv, logd) = match session::active() {
+                Some(l) => session::prepare(l)?,
+                None => daemons::prepare(&g.run_dir)?,
+            };
             daemons::stop_stale(&[&hv, &logd]);
             acq.daemons
                 .push(daemons::start(logd, c.reaper.clone(), news_tx.clone()).await?);
             acq.daemons
                 .push(daemons::start(hv, c.reaper.clone(), news_tx).await?);
-            daemons::OWN_URI.to_string()
+            session::active().map_or_else(|| daemons::OWN_URI.to_string(), |l| l.uri())
         }
     };
     sw.status.libvirt_uri = Some(uri.clone());
@@ -570,16 +611,50 @@ mod tests {
     }
 
     #[test]
-    fn multiqueue_is_passed_and_passt_is_refused_for_now() {
+    fn multiqueue_is_passed_and_an_unknown_binding_is_refused() {
         let nics = nic_inputs(&crate::net::NetResult {
             interfaces: vec![iface("masquerade", 4)],
         })
         .unwrap();
         assert_eq!(nics[0].queues, Some(4));
         let e = nic_inputs(&crate::net::NetResult {
-            interfaces: vec![iface("passt", 1)],
+            interfaces: vec![iface("vdpa", 1)],
         })
         .unwrap_err();
-        assert!(e.to_string().contains("passt"), "{e}");
+        assert!(e.to_string().contains("vdpa"), "{e}");
+    }
+
+    #[test]
+    fn passt_result_maps_to_a_user_nic_with_the_spec_ports() {
+        let vmi = crate::spec::parse_str(
+            "apiVersion: kubevirt.io/v1\nkind: VirtualMachineInstance\nmetadata: {name: p}\n\
+             spec:\n  domain:\n    devices:\n      interfaces:\n      - name: default\n        \
+             binding: {name: passt}\n        ports: [{port: 8080}, {port: 53, protocol: UDP}]\n  \
+             networks: [{name: default, pod: {}}]\n",
+            "test",
+        )
+        .unwrap()
+        .vmi;
+        let mut r = iface("passt", 1);
+        r.tap = String::new();
+        r.bridge = None;
+        r.mtu = 65520;
+        let mut nics = nic_inputs(&crate::net::NetResult {
+            interfaces: vec![r],
+        })
+        .unwrap();
+        fill_passt_ports(&mut nics, &vmi).unwrap();
+        let port = |protocol: &str, port| domain::PasstPort {
+            protocol: protocol.into(),
+            port,
+        };
+        assert_eq!(
+            nics[0].attach,
+            NicAttach::Passt {
+                ports: vec![port("tcp", 8080), port("udp", 53)]
+            }
+        );
+        assert_eq!(nics[0].mtu, None, "passt sets the guest MTU itself");
+        assert_eq!(nics[0].queues, None);
     }
 }

@@ -5,6 +5,7 @@
 pub mod bridge;
 pub mod macvtap;
 pub mod masquerade;
+pub mod passt;
 pub mod tc_redirect;
 
 use std::net::{IpAddr, Ipv4Addr};
@@ -51,6 +52,7 @@ pub fn plan_interface(kind: &BindingKind, ctx: &IfaceCtx<'_>) -> Result<BindingP
         BindingKind::Masquerade => masquerade::plan(ctx),
         BindingKind::Macvtap => macvtap::plan(ctx),
         BindingKind::TcRedirect => tc_redirect::plan(ctx),
+        BindingKind::Passt | BindingKind::Slirp => passt::plan(kind, ctx),
         other => Err(NetError::UnsupportedBinding {
             path: ctx.path.clone(),
             binding: match other {
