@@ -190,7 +190,8 @@ build_rootfs() {
   slim_config "$tmp"
   log "debootstrap took $((SECONDS - t0)) s; replaying the runtime stage's RUN lines"
   t0=$SECONDS
-  unshare --mount --propagation private bash "$SELF" __replay "$tmp"
+  unshare --mount --propagation private bash "$SELF" __replay "$tmp" >"$CACHE/replay.log" 2>&1 ||
+    { tail -30 "$CACHE/replay.log" >&2; die "replaying the runtime stage failed (log: $CACHE/replay.log)"; }
   log "runtime stage took $((SECONDS - t0)) s"
   mv "$tmp" "$dest"
 }
@@ -265,12 +266,57 @@ pod_caps() {
     | tr -d '" ' | tr 'A-Z' 'a-z'
 }
 
-# Runs a command in the container as the pod runs it: uid 0 with only the pod's capabilities
-# (bounding set = the manifest's `add`, nothing inheritable), like a runtime with `drop: [ALL]`.
-in_pod() {
+# "--no-new-privs" when deploy/launcher-pod.yaml sets `allowPrivilegeEscalation: false` (the
+# runtime then sets the process's no_new_privs flag, which also limits what exec can grant).
+pod_nnp() {
+  if grep -Eq '^[[:space:]]+allowPrivilegeEscalation: false[[:space:]]*$' "$REPO/deploy/launcher-pod.yaml"; then
+    echo --no-new-privs
+  fi
+}
+
+# The pod's sysctls (spec.securityContext.sysctls of deploy/launcher-pod.yaml), one "name=value"
+# a line: what the runtime sets in the pod's network namespace before any container starts.
+pod_sysctls() {
+  awk '
+    /^[[:space:]]+sysctls:[[:space:]]*$/ { in_s = 1; ind = match($0, /[^ ]/); next }
+    in_s && match($0, /[^ ]/) <= ind && $0 !~ /^[[:space:]]*$/ { in_s = 0 }
+    in_s && /- name:/ { n = $NF; gsub(/"/, "", n) }
+    in_s && /value:/ { v = $NF; gsub(/"/, "", v); print n "=" v }
+  ' "$REPO/deploy/launcher-pod.yaml"
+}
+
+# Sets the pod's sysctls in the current network namespace (outside the container, as the
+# runtime does; the container itself sees /proc/sys read-only).
+apply_pod_sysctls() {
+  local kv
+  while IFS= read -r kv; do
+    [[ -n $kv ]] || continue
+    sysctl -q -w "$kv" || die "setting the pod's sysctl $kv"
+    log "pod sysctl $kv (from deploy/launcher-pod.yaml)"
+  done < <(pod_sysctls)
+}
+
+# The setpriv arguments that make a process what the pod's container is: uid 0 with only the
+# pod's capabilities (bounding set = the manifest's `add`, nothing inheritable), like a runtime
+# with `drop: [ALL]`, and no_new_privs as `allowPrivilegeEscalation: false` asks.
+pod_setpriv() {
   local caps
   caps=$(pod_caps)
-  in_ct setpriv --bounding-set="-all${caps:+,+${caps//,/,+}}" --inh-caps=-all -- "$@"
+  echo setpriv --bounding-set="-all${caps:+,+${caps//,/,+}}" --inh-caps=-all $(pod_nnp) --
+}
+
+# Runs a command in the container as the pod runs it.
+in_pod() {
+  # shellcheck disable=SC2046
+  in_ct $(pod_setpriv) "$@"
+}
+
+# The qemu.conf the launcher writes (QEMU_CONF in launcher/src/supervise/daemons.rs): step 2
+# runs libvirtd with exactly that, so its capability needs are measured as `launcher run` has them.
+launcher_qemu_conf() {
+  awk '/^pub const QEMU_CONF: &str = r#"/ { f = 1; sub(/^pub const QEMU_CONF: &str = r#"/, "") }
+       f && /^"#;$/ { exit }
+       f { print }' "$REPO/launcher/src/supervise/daemons.rs"
 }
 
 in_ct() { env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${ENVS[@]}" chroot "$CT" "$@"; }
@@ -338,26 +384,20 @@ inner_prove() {
   check "swtpm and swtpm_setup run (TPM emulator)" bash -c \
     "chroot '$CT' swtpm --version | grep -q 'TPM emulator version' && chroot '$CT' swtpm_setup --version 2>&1 | grep -q 'setup tool version'"
 
-  # libvirt as the launcher runs it: root daemons, unix sockets only, the settings NOTES.md found.
-  cat >"$CT/etc/libvirt/qemu.conf" <<'EOF'
-user = "root"
-group = "root"
-dynamic_ownership = 0
-remember_owner = 0
-namespaces = [ ]
-cgroup_controllers = [ ]
-security_driver = "none"
-EOF
+  # libvirt as the launcher runs it: root daemons, the launcher's own qemu.conf.
+  launcher_qemu_conf >"$CT/etc/libvirt/qemu.conf"
+  grep -q '^user = ' "$CT/etc/libvirt/qemu.conf" || die "no QEMU_CONF found in launcher/src/supervise/daemons.rs"
   mkdir -p "$CT/var/log/libvirt/qemu"
-  local caps
+  local caps sp
   caps=$(pod_caps)
-  BOUNDING="-all${caps:+,+${caps//,/,+}}"
+  sp=$(pod_setpriv)
   check "the pod's capabilities ($caps, from deploy/launcher-pod.yaml) are all a process gets" bash -c \
-    "chroot '$CT' setpriv --bounding-set='$BOUNDING' --inh-caps=-all -- sh -c 'setpriv --dump; grep -E \"^Cap(Eff|Bnd)\" /proc/self/status' >'$WORK/caps.txt' &&
+    "chroot '$CT' $sp sh -c 'setpriv --dump; grep -E \"^(Cap(Eff|Bnd)|NoNewPrivs)\" /proc/self/status' >'$WORK/caps.txt' &&
      [ \"\$(sed -n 's/^Capability bounding set: //p' '$WORK/caps.txt' | tr , '\\n' | sort | tr '\\n' ,)\" = \"\$(tr , '\\n' <<<'$caps' | sort | tr '\\n' ,)\" ] &&
-     [ \"\$(sed -n 's/^CapEff:\t//p' '$WORK/caps.txt')\" = \"\$(sed -n 's/^CapBnd:\t//p' '$WORK/caps.txt')\" ]"
-  check "virtlogd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' setpriv --bounding-set='$BOUNDING' --inh-caps=-all -- virtlogd -d && for i in \$(seq 50); do [ -S '$CT/run/libvirt/virtlogd-sock' ] && exit 0; sleep 0.1; done; exit 1"
-  check "libvirtd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' setpriv --bounding-set='$BOUNDING' --inh-caps=-all -- libvirtd -d && for i in \$(seq 100); do [ -S '$CT/run/libvirt/libvirt-sock' ] && exit 0; sleep 0.1; done; exit 1"
+     [ \"\$(sed -n 's/^CapEff:\t//p' '$WORK/caps.txt')\" = \"\$(sed -n 's/^CapBnd:\t//p' '$WORK/caps.txt')\" ] &&
+     { [ -z '$(pod_nnp)' ] || grep -q '^NoNewPrivs:.1' '$WORK/caps.txt'; }"
+  check "virtlogd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' $sp virtlogd -d && for i in \$(seq 50); do [ -S '$CT/run/libvirt/virtlogd-sock' ] && exit 0; sleep 0.1; done; exit 1"
+  check "libvirtd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' $sp libvirtd -d && for i in \$(seq 100); do [ -S '$CT/run/libvirt/libvirt-sock' ] && exit 0; sleep 0.1; done; exit 1"
   in_ct virsh -c qemu:///system capabilities >"$WORK/caps.xml" 2>&1 || true
   in_ct virsh -c qemu:///system version >"$WORK/version.txt" 2>&1 || true
   check "virsh capabilities: qemu-system-x86_64 with domain type qemu (TCG)" bash -c \
@@ -523,6 +563,7 @@ inner_pod() {
   local rootfs=$1 guest=$3 pod_ip=$4
   WORK=$2
   parse_runtime_stage
+  apply_pod_sysctls
   enter_container "$rootfs" "$WORK"
   CT=$WORK/merged
   trap 'kill_container_processes "$CT"; printf "%s %s\n" "$PASSED" "$FAILED" >"$WORK/result"' EXIT
@@ -570,14 +611,18 @@ spec:
     - name: default
       pod: {}
 VMI
-  local caps bounding
+  local caps want_eff
   caps=$(pod_caps)
-  bounding="-all${caps:+,+${caps//,/,+}}"
-  log "ENTRYPOINT ${ENTRYPOINT[*]} --accel tcg (capabilities: $caps)"
+  # The capability mask of a process started as the pod starts its container (step 2 checked
+  # that it holds exactly the manifest's capabilities, by name).
+  # shellcheck disable=SC2046
+  want_eff=$(chroot "$CT" $(pod_setpriv) sh -c 'grep "^CapEff:" /proc/self/status' | cut -f2)
+  log "ENTRYPOINT ${ENTRYPOINT[*]} --accel tcg (capabilities: $caps; CapEff $want_eff; $(pod_nnp))"
   local t0=$SECONDS
+  # shellcheck disable=SC2046
   (exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${ENVS[@]}" \
     LAUNCHER_VMI=/etc/launcher/vmi.yaml \
-    chroot "$CT" setpriv --bounding-set="$bounding" --inh-caps=-all -- "${ENTRYPOINT[@]}" --accel tcg \
+    chroot "$CT" $(pod_setpriv) "${ENTRYPOINT[@]}" --accel tcg \
     >"$WORK/launcher.log" 2>&1) &
   local lpid=$!
   local status=$CT/run/kubevirt-private/status.json serial=''
@@ -595,8 +640,25 @@ VMI
   check "the guest gets the pod's IP ($pod_ip) as its DHCP lease (TCG)" bash -c \
     "for i in \$(seq 900); do grep -q 'GUEST-DHCP iface=eth0 ip=$pod_ip ' '$CT$serial' && exit 0; kill -0 $lpid || exit 1; sleep 0.2; done; exit 1"
   log "lease $((SECONDS - t0)) s after start: $(grep -ao 'GUEST-DHCP iface=eth0 [^ ]* [^ ]* [^ ]*' "$CT$serial" 2>/dev/null | head -n1)"
-  check "HEALTHCHECK (${HEALTHCHECK[*]}) passes while the VM runs" \
-    in_ct setpriv --bounding-set="$bounding" --inh-caps=-all -- "${HEALTHCHECK[@]}"
+  # What the launcher and its children really held (no process in the container may hold more).
+  local pid line over=''
+  for pid in /proc/[0-9]*; do
+    [[ $(readlink "$pid/root" 2>/dev/null) == "$CT" ]] || continue
+    line="$(tr -d '\0' <"$pid/comm" 2>/dev/null) $(awk '/^(CapEff|CapPrm|CapBnd|NoNewPrivs):/ { printf "%s%s ", $1, $2 }' "$pid/status" 2>/dev/null)"
+    log "  in the container: pid ${pid#/proc/} $line"
+    # More than the pod's mask in any set is a failure.
+    local v
+    for v in $(awk '/^Cap(Eff|Prm|Bnd):/ { print $2 }' "$pid/status" 2>/dev/null); do
+      (((0x$v & ~0x$want_eff) == 0)) || over+="${pid#/proc/} "
+    done
+  done
+  check "the launcher runs with exactly the pod's capabilities (CapEff $want_eff)" \
+    grep -q "^CapEff:[[:space:]]*$want_eff\$" "/proc/$lpid/status"
+  if [[ -n $(pod_nnp) ]]; then
+    check "the launcher runs with no_new_privs (allowPrivilegeEscalation: false)" grep -q '^NoNewPrivs:[[:space:]]*1$' "/proc/$lpid/status"
+  fi
+  check "no process in the container (launcher, libvirtd, virtlogd, qemu) holds a capability beyond the pod's" test -z "$over"
+  check "HEALTHCHECK (${HEALTHCHECK[*]}) passes while the VM runs" in_pod "${HEALTHCHECK[@]}"
   kill -TERM "$lpid" 2>/dev/null || true
   local rc=0 deadline=$((SECONDS + 25)) # the VMI's grace 10 s + the pod's 15 s margin
   while kill -0 "$lpid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
