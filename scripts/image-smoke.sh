@@ -96,19 +96,44 @@ parse_runtime_stage() {
   grep -q 'install-runtime.sh' <<<"${RUNS[*]}" || die "Dockerfile: the runtime stage does not run packaging/install-runtime.sh"
 }
 
+# Everything that goes into the root filesystem: the package list, the packaging scripts, the
+# runtime stage's FROM/RUN/ENV lines, and this script's own functions that build it.
 cache_key() {
   {
     echo "recipe $RECIPE_VERSION"
-    cat packaging/runtime-packages.txt packaging/install-runtime.sh packaging/enable-backports.sh
+    # The package lines only (editing a comment does not rebuild).
+    sed -E 's/#.*//; s/[[:space:]]+$//' packaging/runtime-packages.txt | grep -v '^$'
+    cat packaging/install-runtime.sh packaging/enable-backports.sh
     runtime_stage | grep -E '^(FROM|RUN|ENV) '
+    declare -f runtime_stage parse_runtime_stage host_debian_sources debian_mirror slim_config \
+      mount_build_env inner_replay build_rootfs
   } | sha256sum | cut -c1-16
 }
 
 # --- Step 1: the root filesystem ----------------------------------------------------------------
-# The machine's own Debian source entry: its first URIs for the suite bookworm (no address is
-# written in this repository).
+# The machine's own Debian sources in deb822 form: /etc/apt/sources.list.d/debian.sources, or
+# else its one-line /etc/apt/sources.list entries for bookworm converted (scripts/setup.sh
+# accepts both). No mirror address is written in this repository.
+host_debian_sources() {
+  local src=/etc/apt/sources.list.d/debian.sources
+  if [[ -f $src ]] && grep -Eq '^Suites:.*bookworm( |$)' "$src"; then
+    cat "$src"
+    return
+  fi
+  [[ -f /etc/apt/sources.list ]] || return 0
+  awk '$1 == "deb" {
+         i = 2
+         if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ } # skip [options]
+         if ($(i+1) !~ /^bookworm(-updates|-security)?$/) next
+         printf "Types: deb\nURIs: %s\nSuites: %s\nComponents:", $i, $(i+1)
+         for (j = i + 2; j <= NF; j++) printf " %s", $j
+         printf "\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+       }' /etc/apt/sources.list
+}
+
+# The machine's first mirror for the suite bookworm.
 debian_mirror() {
-  awk -v RS= '/Suites:[^\n]*bookworm( |\n|$)/ { print; exit }' /etc/apt/sources.list.d/debian.sources \
+  host_debian_sources | awk -v RS= '/Suites:[^\n]*bookworm( |\n|$)/ { print; exit }' \
     | awk '/^URIs:/ { print $2; exit }'
 }
 
@@ -132,7 +157,7 @@ EOF
   chmod 0755 "$root/usr/sbin/policy-rc.d"
   # The image's apt sources: the deb822 file of debian:bookworm-slim, made from the machine's own.
   rm -f "$root/etc/apt/sources.list"
-  cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/debian.sources"
+  host_debian_sources >"$root/etc/apt/sources.list.d/debian.sources"
 }
 
 # Mounts what `docker build` gives a RUN (proc, sys, dev, resolv.conf) into $1. Call only inside
@@ -177,7 +202,7 @@ build_rootfs() {
   local dest=$1 tmp mirror
   command -v debootstrap >/dev/null || die "debootstrap is missing: run scripts/setup.sh"
   mirror=$(debian_mirror)
-  [[ -n $mirror ]] || die "no URIs for suite bookworm in /etc/apt/sources.list.d/debian.sources"
+  [[ -n $mirror ]] || die "no Debian mirror for suite bookworm in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
   tmp=$dest.partial
   rm -rf "$tmp"
   mkdir -p "$CACHE/debs"
@@ -291,7 +316,8 @@ apply_pod_sysctls() {
   local kv
   while IFS= read -r kv; do
     [[ -n $kv ]] || continue
-    sysctl -q -w "$kv" || die "setting the pod's sysctl $kv"
+    # (through /proc/sys: no procps needed)
+    echo "${kv#*=}" >"/proc/sys/$(tr . / <<<"${kv%%=*}")" || die "setting the pod's sysctl $kv"
     log "pod sysctl $kv (from deploy/launcher-pod.yaml)"
   done < <(pod_sysctls)
 }
