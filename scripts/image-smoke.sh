@@ -23,7 +23,8 @@
 #   --size         also print the gzip-compressed size of the root filesystem (slow: ~30 s)
 # Environment: IMAGE_SMOKE_CACHE (default .cache), IMAGE_SMOKE_BIN (default target/release/launcher,
 # built when stale; e.g. target/debug/launcher to skip the release build), IMAGE_SMOKE_PROC_SYS=rw
-# (leave /proc/sys writable, unlike a pod; says so).
+# (leave /proc/sys writable, unlike a pod; says so), IMAGE_SMOKE_POD_MANIFEST (another pod than
+# deploy/launcher-pod.yaml for the capabilities, no_new_privs and sysctls; says so).
 # Needs root and debootstrap (scripts/setup.sh installs it). Prints "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,11 @@ die() { printf '[image-smoke] FAIL: %s\n' "$*" >&2; exit 1; }
 RECIPE_VERSION=1
 CACHE=${IMAGE_SMOKE_CACHE:-$REPO/.cache}
 RUNTIME_FROM='debian:bookworm-slim'
+# The pod whose capabilities, no_new_privs and sysctls the container gets (IMAGE_SMOKE_POD_MANIFEST
+# overrides it, e.g. to measure a capability set; CI always uses deploy/launcher-pod.yaml).
+POD_MANIFEST=${IMAGE_SMOKE_POD_MANIFEST:-$REPO/deploy/launcher-pod.yaml}
+[[ -f $POD_MANIFEST ]] || { echo "[image-smoke] FAIL: no pod manifest $POD_MANIFEST" >&2; exit 1; }
+export IMAGE_SMOKE_POD_MANIFEST=$POD_MANIFEST
 
 # --- The Dockerfile's runtime stage -------------------------------------------------------------
 # Prints the runtime stage's instructions, one per line (continuations joined, comments dropped).
@@ -287,14 +293,14 @@ kill_container_processes() {
 # The capabilities deploy/launcher-pod.yaml gives the compute container (drop ALL, add these),
 # lower-case and comma-separated for setpriv, e.g. "net_admin,net_raw".
 pod_caps() {
-  sed -nE 's/^[[:space:]]+add: \[(.*)\][[:space:]]*$/\1/p' "$REPO/deploy/launcher-pod.yaml" | head -n1 \
+  sed -nE 's/^[[:space:]]+add: \[(.*)\][[:space:]]*$/\1/p' "$POD_MANIFEST" | head -n1 \
     | tr -d '" ' | tr 'A-Z' 'a-z'
 }
 
 # "--no-new-privs" when deploy/launcher-pod.yaml sets `allowPrivilegeEscalation: false` (the
 # runtime then sets the process's no_new_privs flag, which also limits what exec can grant).
 pod_nnp() {
-  if grep -Eq '^[[:space:]]+allowPrivilegeEscalation: false[[:space:]]*$' "$REPO/deploy/launcher-pod.yaml"; then
+  if grep -Eq '^[[:space:]]+allowPrivilegeEscalation: false[[:space:]]*$' "$POD_MANIFEST"; then
     echo --no-new-privs
   fi
 }
@@ -307,7 +313,7 @@ pod_sysctls() {
     in_s && match($0, /[^ ]/) <= ind && $0 !~ /^[[:space:]]*$/ { in_s = 0 }
     in_s && /- name:/ { n = $NF; gsub(/"/, "", n) }
     in_s && /value:/ { v = $NF; gsub(/"/, "", v); print n "=" v }
-  ' "$REPO/deploy/launcher-pod.yaml"
+  ' "$POD_MANIFEST"
 }
 
 # Sets the pod's sysctls in the current network namespace (outside the container, as the
@@ -328,6 +334,7 @@ apply_pod_sysctls() {
 pod_setpriv() {
   local caps
   caps=$(pod_caps)
+  # shellcheck disable=SC2046 # pod_nnp prints one word or nothing
   echo setpriv --bounding-set="-all${caps:+,+${caps//,/,+}}" --inh-caps=-all $(pod_nnp) --
 }
 
@@ -507,6 +514,8 @@ main() {
     shift
   done
   [[ $EUID -eq 0 ]] || die "must run as root (debootstrap, chroot, namespaces)"
+  [[ $POD_MANIFEST -ef $REPO/deploy/launcher-pod.yaml ]] ||
+    log "WARNING: IMAGE_SMOKE_POD_MANIFEST=$POD_MANIFEST: the pod's settings come from it, not from deploy/launcher-pod.yaml"
   local t_start=$SECONDS
   parse_runtime_stage
   local key rootfs
