@@ -712,4 +712,4 @@ VMI
   return 0
 }
 
-main "$@"
+main "$@"; exit $? # one line: bash reads the script as it runs it
