@@ -227,6 +227,20 @@ build_rootfs() {
   mv "$tmp" "$dest"
 }
 
+# Internal, under the cache's build lock: builds $1 unless another run built it meanwhile.
+build_step() {
+  local rootfs=$1
+  parse_runtime_stage
+  if [[ -d $rootfs ]]; then
+    log "root filesystem built meanwhile by another run: $rootfs"
+    return 0
+  fi
+  log "building root filesystem $rootfs (package list or recipe changed)"
+  # Only one cached root filesystem at a time: they are ~0.3 GB each.
+  rm -rf "$CACHE"/rootfs-*
+  build_rootfs "$rootfs"
+}
+
 # --- Step 2 and 3: run inside the image ---------------------------------------------------------
 # Internal, inside `unshare --mount` (and a network namespace): the container's view of the
 # image: overlay (writable layer) over the cached root filesystem, the COPY --from=build, the
@@ -506,6 +520,7 @@ main() {
       --rootfs-only) rootfs_only=1 ;;
       --size) size=1 ;;
       __replay) shift; inner_replay "$@"; return ;;
+      __build) shift; build_step "$@"; return ;;
       __prove) shift; inner_prove "$@"; return ;;
       __pod) shift; inner_pod "$@"; return ;;
       -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; return ;;
@@ -525,10 +540,10 @@ main() {
   if [[ -d $rootfs ]]; then
     log "root filesystem cached: $rootfs"
   else
-    log "building root filesystem $rootfs (package list or recipe changed)"
-    # Only one cached root filesystem at a time: they are ~0.5 GB each.
-    rm -rf "$CACHE"/rootfs-*
-    build_rootfs "$rootfs"
+    # One build at a time per cache: a second run (another clone's scripts/test.sh) waits for
+    # the first, then uses what it built.
+    flock -w 1800 -o "$CACHE/.build.lock" bash "$SELF" __build "$rootfs" ||
+      die "building the root filesystem $rootfs failed"
   fi
   local t_rootfs=$((SECONDS - t_start))
   log "root filesystem: $(du -sh --apparent-size "$rootfs" | cut -f1) apparent, $(du -sh "$rootfs" | cut -f1) on disk; step 1 took ${t_rootfs} s"
