@@ -542,6 +542,7 @@ main() {
   else
     # One build at a time per cache: a second run (another clone's scripts/test.sh) waits for
     # the first, then uses what it built.
+    flock -n "$CACHE/.build.lock" true || log "another run is building a root filesystem in $CACHE: waiting (at most 30 min)"
     flock -w 1800 -o "$CACHE/.build.lock" bash "$SELF" __build "$rootfs" ||
       die "building the root filesystem $rootfs failed"
   fi
