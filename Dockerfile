@@ -14,19 +14,27 @@
 #
 #   docker build -t launcher .
 #   docker run --rm --device /dev/kvm --device /dev/net/tun --cap-drop ALL \
-#     --cap-add NET_ADMIN --cap-add NET_RAW --cap-add SYS_NICE \
+#     --cap-add NET_ADMIN --cap-add NET_RAW --cap-add DAC_OVERRIDE --cap-add SETPCAP \
+#     --security-opt no-new-privileges --sysctl net.ipv4.ip_unprivileged_port_start=67 \
 #     -v $PWD/vmi.yaml:/etc/launcher/vmi.yaml:ro -e LAUNCHER_VMI=/etc/launcher/vmi.yaml launcher
+# (the capabilities and the sysctl of deploy/launcher-pod.yaml; docs/packaging.md says why)
 
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
+# Debian packages the build needs, from bookworm-backports. libvirt-dev (11.3) and pkg-config
+# are for the `virt` crate, which links libvirt.so.0; a launcher that speaks libvirt's RPC
+# protocol itself needs none: build with --build-arg BUILD_PACKAGES= (or drop them here).
+ARG BUILD_PACKAGES="libvirt-dev pkg-config"
 # The image's own Debian source entry, copied with the suite changed: no mirror address here.
 RUN --mount=type=bind,source=packaging,target=/tmp/packaging \
-    bash /tmp/packaging/enable-backports.sh \
- && apt-get update -qq \
- && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
-      -t bookworm-backports libvirt-dev pkg-config \
- && rm -rf /var/lib/apt/lists/*
+    if [ -n "$BUILD_PACKAGES" ]; then \
+      bash /tmp/packaging/enable-backports.sh \
+      && apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+           -t bookworm-backports $BUILD_PACKAGES \
+      && rm -rf /var/lib/apt/lists/*; \
+    fi
 WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

@@ -23,7 +23,8 @@
 #   --size         also print the gzip-compressed size of the root filesystem (slow: ~30 s)
 # Environment: IMAGE_SMOKE_CACHE (default .cache), IMAGE_SMOKE_BIN (default target/release/launcher,
 # built when stale; e.g. target/debug/launcher to skip the release build), IMAGE_SMOKE_PROC_SYS=rw
-# (leave /proc/sys writable, unlike a pod; says so).
+# (leave /proc/sys writable, unlike a pod; says so), IMAGE_SMOKE_POD_MANIFEST (another pod than
+# deploy/launcher-pod.yaml for the capabilities, no_new_privs and sysctls; says so).
 # Needs root and debootstrap (scripts/setup.sh installs it). Prints "N passed, N failed".
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,6 +38,11 @@ die() { printf '[image-smoke] FAIL: %s\n' "$*" >&2; exit 1; }
 RECIPE_VERSION=1
 CACHE=${IMAGE_SMOKE_CACHE:-$REPO/.cache}
 RUNTIME_FROM='debian:bookworm-slim'
+# The pod whose capabilities, no_new_privs and sysctls the container gets (IMAGE_SMOKE_POD_MANIFEST
+# overrides it, e.g. to measure a capability set; CI always uses deploy/launcher-pod.yaml).
+POD_MANIFEST=${IMAGE_SMOKE_POD_MANIFEST:-$REPO/deploy/launcher-pod.yaml}
+[[ -f $POD_MANIFEST ]] || { echo "[image-smoke] FAIL: no pod manifest $POD_MANIFEST" >&2; exit 1; }
+export IMAGE_SMOKE_POD_MANIFEST=$POD_MANIFEST
 
 # --- The Dockerfile's runtime stage -------------------------------------------------------------
 # Prints the runtime stage's instructions, one per line (continuations joined, comments dropped).
@@ -96,19 +102,44 @@ parse_runtime_stage() {
   grep -q 'install-runtime.sh' <<<"${RUNS[*]}" || die "Dockerfile: the runtime stage does not run packaging/install-runtime.sh"
 }
 
+# Everything that goes into the root filesystem: the package list, the packaging scripts, the
+# runtime stage's FROM/RUN/ENV lines, and this script's own functions that build it.
 cache_key() {
   {
     echo "recipe $RECIPE_VERSION"
-    cat packaging/runtime-packages.txt packaging/install-runtime.sh packaging/enable-backports.sh
+    # The package lines only (editing a comment does not rebuild).
+    sed -E 's/#.*//; s/[[:space:]]+$//' packaging/runtime-packages.txt | grep -v '^$'
+    cat packaging/install-runtime.sh packaging/enable-backports.sh
     runtime_stage | grep -E '^(FROM|RUN|ENV) '
+    declare -f runtime_stage parse_runtime_stage host_debian_sources debian_mirror slim_config \
+      mount_build_env inner_replay build_rootfs
   } | sha256sum | cut -c1-16
 }
 
 # --- Step 1: the root filesystem ----------------------------------------------------------------
-# The machine's own Debian source entry: its first URIs for the suite bookworm (no address is
-# written in this repository).
+# The machine's own Debian sources in deb822 form: /etc/apt/sources.list.d/debian.sources, or
+# else its one-line /etc/apt/sources.list entries for bookworm converted (scripts/setup.sh
+# accepts both). No mirror address is written in this repository.
+host_debian_sources() {
+  local src=/etc/apt/sources.list.d/debian.sources
+  if [[ -f $src ]] && grep -Eq '^Suites:.*bookworm( |$)' "$src"; then
+    cat "$src"
+    return
+  fi
+  [[ -f /etc/apt/sources.list ]] || return 0
+  awk '$1 == "deb" {
+         i = 2
+         if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ } # skip [options]
+         if ($(i+1) !~ /^bookworm(-updates|-security)?$/) next
+         printf "Types: deb\nURIs: %s\nSuites: %s\nComponents:", $i, $(i+1)
+         for (j = i + 2; j <= NF; j++) printf " %s", $j
+         printf "\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\n"
+       }' /etc/apt/sources.list
+}
+
+# The machine's first mirror for the suite bookworm.
 debian_mirror() {
-  awk -v RS= '/Suites:[^\n]*bookworm( |\n|$)/ { print; exit }' /etc/apt/sources.list.d/debian.sources \
+  host_debian_sources | awk -v RS= '/Suites:[^\n]*bookworm( |\n|$)/ { print; exit }' \
     | awk '/^URIs:/ { print $2; exit }'
 }
 
@@ -132,7 +163,7 @@ EOF
   chmod 0755 "$root/usr/sbin/policy-rc.d"
   # The image's apt sources: the deb822 file of debian:bookworm-slim, made from the machine's own.
   rm -f "$root/etc/apt/sources.list"
-  cp /etc/apt/sources.list.d/debian.sources "$root/etc/apt/sources.list.d/debian.sources"
+  host_debian_sources >"$root/etc/apt/sources.list.d/debian.sources"
 }
 
 # Mounts what `docker build` gives a RUN (proc, sys, dev, resolv.conf) into $1. Call only inside
@@ -177,7 +208,7 @@ build_rootfs() {
   local dest=$1 tmp mirror
   command -v debootstrap >/dev/null || die "debootstrap is missing: run scripts/setup.sh"
   mirror=$(debian_mirror)
-  [[ -n $mirror ]] || die "no URIs for suite bookworm in /etc/apt/sources.list.d/debian.sources"
+  [[ -n $mirror ]] || die "no Debian mirror for suite bookworm in /etc/apt/sources.list.d/debian.sources or /etc/apt/sources.list"
   tmp=$dest.partial
   rm -rf "$tmp"
   mkdir -p "$CACHE/debs"
@@ -190,9 +221,24 @@ build_rootfs() {
   slim_config "$tmp"
   log "debootstrap took $((SECONDS - t0)) s; replaying the runtime stage's RUN lines"
   t0=$SECONDS
-  unshare --mount --propagation private bash "$SELF" __replay "$tmp"
+  unshare --mount --propagation private bash "$SELF" __replay "$tmp" >"$CACHE/replay.log" 2>&1 ||
+    { tail -30 "$CACHE/replay.log" >&2; die "replaying the runtime stage failed (log: $CACHE/replay.log)"; }
   log "runtime stage took $((SECONDS - t0)) s"
   mv "$tmp" "$dest"
+}
+
+# Internal, under the cache's build lock: builds $1 unless another run built it meanwhile.
+build_step() {
+  local rootfs=$1
+  parse_runtime_stage
+  if [[ -d $rootfs ]]; then
+    log "root filesystem built meanwhile by another run: $rootfs"
+    return 0
+  fi
+  log "building root filesystem $rootfs (package list or recipe changed)"
+  # Only one cached root filesystem at a time: they are ~0.3 GB each.
+  rm -rf "$CACHE"/rootfs-*
+  build_rootfs "$rootfs"
 }
 
 # --- Step 2 and 3: run inside the image ---------------------------------------------------------
@@ -261,16 +307,63 @@ kill_container_processes() {
 # The capabilities deploy/launcher-pod.yaml gives the compute container (drop ALL, add these),
 # lower-case and comma-separated for setpriv, e.g. "net_admin,net_raw".
 pod_caps() {
-  sed -nE 's/^[[:space:]]+add: \[(.*)\][[:space:]]*$/\1/p' "$REPO/deploy/launcher-pod.yaml" | head -n1 \
+  sed -nE 's/^[[:space:]]+add: \[(.*)\][[:space:]]*$/\1/p' "$POD_MANIFEST" | head -n1 \
     | tr -d '" ' | tr 'A-Z' 'a-z'
 }
 
-# Runs a command in the container as the pod runs it: uid 0 with only the pod's capabilities
-# (bounding set = the manifest's `add`, nothing inheritable), like a runtime with `drop: [ALL]`.
-in_pod() {
+# "--no-new-privs" when deploy/launcher-pod.yaml sets `allowPrivilegeEscalation: false` (the
+# runtime then sets the process's no_new_privs flag, which also limits what exec can grant).
+pod_nnp() {
+  if grep -Eq '^[[:space:]]+allowPrivilegeEscalation: false[[:space:]]*$' "$POD_MANIFEST"; then
+    echo --no-new-privs
+  fi
+}
+
+# The pod's sysctls (spec.securityContext.sysctls of deploy/launcher-pod.yaml), one "name=value"
+# a line: what the runtime sets in the pod's network namespace before any container starts.
+pod_sysctls() {
+  awk '
+    /^[[:space:]]+sysctls:[[:space:]]*$/ { in_s = 1; ind = match($0, /[^ ]/); next }
+    in_s && match($0, /[^ ]/) <= ind && $0 !~ /^[[:space:]]*$/ { in_s = 0 }
+    in_s && /- name:/ { n = $NF; gsub(/"/, "", n) }
+    in_s && /value:/ { v = $NF; gsub(/"/, "", v); print n "=" v }
+  ' "$POD_MANIFEST"
+}
+
+# Sets the pod's sysctls in the current network namespace (outside the container, as the
+# runtime does; the container itself sees /proc/sys read-only).
+apply_pod_sysctls() {
+  local kv
+  while IFS= read -r kv; do
+    [[ -n $kv ]] || continue
+    # (through /proc/sys: no procps needed)
+    echo "${kv#*=}" >"/proc/sys/$(tr . / <<<"${kv%%=*}")" || die "setting the pod's sysctl $kv"
+    log "pod sysctl $kv (from deploy/launcher-pod.yaml)"
+  done < <(pod_sysctls)
+}
+
+# The setpriv arguments that make a process what the pod's container is: uid 0 with only the
+# pod's capabilities (bounding set = the manifest's `add`, nothing inheritable), like a runtime
+# with `drop: [ALL]`, and no_new_privs as `allowPrivilegeEscalation: false` asks.
+pod_setpriv() {
   local caps
   caps=$(pod_caps)
-  in_ct setpriv --bounding-set="-all${caps:+,+${caps//,/,+}}" --inh-caps=-all -- "$@"
+  # shellcheck disable=SC2046 # pod_nnp prints one word or nothing
+  echo setpriv --bounding-set="-all${caps:+,+${caps//,/,+}}" --inh-caps=-all $(pod_nnp) --
+}
+
+# Runs a command in the container as the pod runs it.
+in_pod() {
+  # shellcheck disable=SC2046
+  in_ct $(pod_setpriv) "$@"
+}
+
+# The qemu.conf the launcher writes (QEMU_CONF in launcher/src/supervise/daemons.rs): step 2
+# runs libvirtd with exactly that, so its capability needs are measured as `launcher run` has them.
+launcher_qemu_conf() {
+  awk '/^pub const QEMU_CONF: &str = r#"/ { f = 1; sub(/^pub const QEMU_CONF: &str = r#"/, "") }
+       f && /^"#;$/ { exit }
+       f { print }' "$REPO/launcher/src/supervise/daemons.rs"
 }
 
 in_ct() { env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${ENVS[@]}" chroot "$CT" "$@"; }
@@ -338,26 +431,20 @@ inner_prove() {
   check "swtpm and swtpm_setup run (TPM emulator)" bash -c \
     "chroot '$CT' swtpm --version | grep -q 'TPM emulator version' && chroot '$CT' swtpm_setup --version 2>&1 | grep -q 'setup tool version'"
 
-  # libvirt as the launcher runs it: root daemons, unix sockets only, the settings NOTES.md found.
-  cat >"$CT/etc/libvirt/qemu.conf" <<'EOF'
-user = "root"
-group = "root"
-dynamic_ownership = 0
-remember_owner = 0
-namespaces = [ ]
-cgroup_controllers = [ ]
-security_driver = "none"
-EOF
+  # libvirt as the launcher runs it: root daemons, the launcher's own qemu.conf.
+  launcher_qemu_conf >"$CT/etc/libvirt/qemu.conf"
+  grep -q '^user = ' "$CT/etc/libvirt/qemu.conf" || die "no QEMU_CONF found in launcher/src/supervise/daemons.rs"
   mkdir -p "$CT/var/log/libvirt/qemu"
-  local caps
+  local caps sp
   caps=$(pod_caps)
-  BOUNDING="-all${caps:+,+${caps//,/,+}}"
+  sp=$(pod_setpriv)
   check "the pod's capabilities ($caps, from deploy/launcher-pod.yaml) are all a process gets" bash -c \
-    "chroot '$CT' setpriv --bounding-set='$BOUNDING' --inh-caps=-all -- sh -c 'setpriv --dump; grep -E \"^Cap(Eff|Bnd)\" /proc/self/status' >'$WORK/caps.txt' &&
+    "chroot '$CT' $sp sh -c 'setpriv --dump; grep -E \"^(Cap(Eff|Bnd)|NoNewPrivs)\" /proc/self/status' >'$WORK/caps.txt' &&
      [ \"\$(sed -n 's/^Capability bounding set: //p' '$WORK/caps.txt' | tr , '\\n' | sort | tr '\\n' ,)\" = \"\$(tr , '\\n' <<<'$caps' | sort | tr '\\n' ,)\" ] &&
-     [ \"\$(sed -n 's/^CapEff:\t//p' '$WORK/caps.txt')\" = \"\$(sed -n 's/^CapBnd:\t//p' '$WORK/caps.txt')\" ]"
-  check "virtlogd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' setpriv --bounding-set='$BOUNDING' --inh-caps=-all -- virtlogd -d && for i in \$(seq 50); do [ -S '$CT/run/libvirt/virtlogd-sock' ] && exit 0; sleep 0.1; done; exit 1"
-  check "libvirtd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' setpriv --bounding-set='$BOUNDING' --inh-caps=-all -- libvirtd -d && for i in \$(seq 100); do [ -S '$CT/run/libvirt/libvirt-sock' ] && exit 0; sleep 0.1; done; exit 1"
+     [ \"\$(sed -n 's/^CapEff:\t//p' '$WORK/caps.txt')\" = \"\$(sed -n 's/^CapBnd:\t//p' '$WORK/caps.txt')\" ] &&
+     { [ -z '$(pod_nnp)' ] || grep -q '^NoNewPrivs:.1' '$WORK/caps.txt'; }"
+  check "virtlogd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' $sp virtlogd -d && for i in \$(seq 50); do [ -S '$CT/run/libvirt/virtlogd-sock' ] && exit 0; sleep 0.1; done; exit 1"
+  check "libvirtd starts with the pod's capabilities (socket appears)" bash -c "chroot '$CT' $sp libvirtd -d && for i in \$(seq 100); do [ -S '$CT/run/libvirt/libvirt-sock' ] && exit 0; sleep 0.1; done; exit 1"
   in_ct virsh -c qemu:///system capabilities >"$WORK/caps.xml" 2>&1 || true
   in_ct virsh -c qemu:///system version >"$WORK/version.txt" 2>&1 || true
   check "virsh capabilities: qemu-system-x86_64 with domain type qemu (TCG)" bash -c \
@@ -433,6 +520,7 @@ main() {
       --rootfs-only) rootfs_only=1 ;;
       --size) size=1 ;;
       __replay) shift; inner_replay "$@"; return ;;
+      __build) shift; build_step "$@"; return ;;
       __prove) shift; inner_prove "$@"; return ;;
       __pod) shift; inner_pod "$@"; return ;;
       -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; return ;;
@@ -441,6 +529,8 @@ main() {
     shift
   done
   [[ $EUID -eq 0 ]] || die "must run as root (debootstrap, chroot, namespaces)"
+  [[ $POD_MANIFEST -ef $REPO/deploy/launcher-pod.yaml ]] ||
+    log "WARNING: IMAGE_SMOKE_POD_MANIFEST=$POD_MANIFEST: the pod's settings come from it, not from deploy/launcher-pod.yaml"
   local t_start=$SECONDS
   parse_runtime_stage
   local key rootfs
@@ -450,10 +540,11 @@ main() {
   if [[ -d $rootfs ]]; then
     log "root filesystem cached: $rootfs"
   else
-    log "building root filesystem $rootfs (package list or recipe changed)"
-    # Only one cached root filesystem at a time: they are ~0.5 GB each.
-    rm -rf "$CACHE"/rootfs-*
-    build_rootfs "$rootfs"
+    # One build at a time per cache: a second run (another clone's scripts/test.sh) waits for
+    # the first, then uses what it built.
+    flock -n "$CACHE/.build.lock" true || log "another run is building a root filesystem in $CACHE: waiting (at most 30 min)"
+    flock -w 1800 -o "$CACHE/.build.lock" bash "$SELF" __build "$rootfs" ||
+      die "building the root filesystem $rootfs failed"
   fi
   local t_rootfs=$((SECONDS - t_start))
   log "root filesystem: $(du -sh --apparent-size "$rootfs" | cut -f1) apparent, $(du -sh "$rootfs" | cut -f1) on disk; step 1 took ${t_rootfs} s"
@@ -523,6 +614,7 @@ inner_pod() {
   local rootfs=$1 guest=$3 pod_ip=$4
   WORK=$2
   parse_runtime_stage
+  apply_pod_sysctls
   enter_container "$rootfs" "$WORK"
   CT=$WORK/merged
   trap 'kill_container_processes "$CT"; printf "%s %s\n" "$PASSED" "$FAILED" >"$WORK/result"' EXIT
@@ -570,14 +662,18 @@ spec:
     - name: default
       pod: {}
 VMI
-  local caps bounding
+  local caps want_eff
   caps=$(pod_caps)
-  bounding="-all${caps:+,+${caps//,/,+}}"
-  log "ENTRYPOINT ${ENTRYPOINT[*]} --accel tcg (capabilities: $caps)"
+  # The capability mask of a process started as the pod starts its container (step 2 checked
+  # that it holds exactly the manifest's capabilities, by name).
+  # shellcheck disable=SC2046
+  want_eff=$(chroot "$CT" $(pod_setpriv) sh -c 'grep "^CapEff:" /proc/self/status' | cut -f2)
+  log "ENTRYPOINT ${ENTRYPOINT[*]} --accel tcg (capabilities: $caps; CapEff $want_eff; $(pod_nnp))"
   local t0=$SECONDS
+  # shellcheck disable=SC2046
   (exec env -i PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin HOME=/root "${ENVS[@]}" \
     LAUNCHER_VMI=/etc/launcher/vmi.yaml \
-    chroot "$CT" setpriv --bounding-set="$bounding" --inh-caps=-all -- "${ENTRYPOINT[@]}" --accel tcg \
+    chroot "$CT" $(pod_setpriv) "${ENTRYPOINT[@]}" --accel tcg \
     >"$WORK/launcher.log" 2>&1) &
   local lpid=$!
   local status=$CT/run/kubevirt-private/status.json serial=''
@@ -595,8 +691,25 @@ VMI
   check "the guest gets the pod's IP ($pod_ip) as its DHCP lease (TCG)" bash -c \
     "for i in \$(seq 900); do grep -q 'GUEST-DHCP iface=eth0 ip=$pod_ip ' '$CT$serial' && exit 0; kill -0 $lpid || exit 1; sleep 0.2; done; exit 1"
   log "lease $((SECONDS - t0)) s after start: $(grep -ao 'GUEST-DHCP iface=eth0 [^ ]* [^ ]* [^ ]*' "$CT$serial" 2>/dev/null | head -n1)"
-  check "HEALTHCHECK (${HEALTHCHECK[*]}) passes while the VM runs" \
-    in_ct setpriv --bounding-set="$bounding" --inh-caps=-all -- "${HEALTHCHECK[@]}"
+  # What the launcher and its children really held (no process in the container may hold more).
+  local pid line over=''
+  for pid in /proc/[0-9]*; do
+    [[ $(readlink "$pid/root" 2>/dev/null) == "$CT" ]] || continue
+    line="$(tr -d '\0' <"$pid/comm" 2>/dev/null) $(awk '/^(CapEff|CapPrm|CapBnd|NoNewPrivs):/ { printf "%s%s ", $1, $2 }' "$pid/status" 2>/dev/null)"
+    log "  in the container: pid ${pid#/proc/} $line"
+    # More than the pod's mask in any set is a failure.
+    local v
+    for v in $(awk '/^Cap(Eff|Prm|Bnd):/ { print $2 }' "$pid/status" 2>/dev/null); do
+      (((0x$v & ~0x$want_eff) == 0)) || over+="${pid#/proc/} "
+    done
+  done
+  check "the launcher runs with exactly the pod's capabilities (CapEff $want_eff)" \
+    grep -q "^CapEff:[[:space:]]*$want_eff\$" "/proc/$lpid/status"
+  if [[ -n $(pod_nnp) ]]; then
+    check "the launcher runs with no_new_privs (allowPrivilegeEscalation: false)" grep -q '^NoNewPrivs:[[:space:]]*1$' "/proc/$lpid/status"
+  fi
+  check "no process in the container (launcher, libvirtd, virtlogd, qemu) holds a capability beyond the pod's" test -z "$over"
+  check "HEALTHCHECK (${HEALTHCHECK[*]}) passes while the VM runs" in_pod "${HEALTHCHECK[@]}"
   kill -TERM "$lpid" 2>/dev/null || true
   local rc=0 deadline=$((SECONDS + 25)) # the VMI's grace 10 s + the pod's 15 s margin
   while kill -0 "$lpid" 2>/dev/null && ((SECONDS < deadline)); do sleep 0.2; done
@@ -615,4 +728,4 @@ VMI
   return 0
 }
 
-main "$@"
+main "$@"; exit $? # one line: bash reads the script as it runs it

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: formatting, lints, unit and golden tests, root/namespace integration tests,
-# end-to-end tests with a real guest, the Kubernetes manifests' schema checks, and bounded fuzz
-# runs of the parsers that face the guest. Needs root: tests that need it fail loudly otherwise;
+# end-to-end tests with a real guest, the Kubernetes manifests' schema checks, bounded fuzz
+# runs of the parsers that face the guest, and the container image's smoke test. Needs root: tests that need it fail loudly otherwise;
 # nothing is skipped silently. CI runs exactly this (.ci/run).
 #
 # Usage: scripts/test.sh            everything
@@ -31,15 +31,42 @@ bash scripts/validate-manifests.sh
 step "fuzzing the guest-facing parsers (${FUZZ_SECONDS:-45} s per target)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-45}"
 
-# Last, so that its summary is the run's closing line.
 step "cargo test (unit, golden, integration, end-to-end)"
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+smoke_log=$(mktemp)
+trap 'rm -f "$log" "$smoke_log"' EXIT
 set +e
 cargo test --locked --workspace --no-fail-fast -- --test-threads=2 2>&1 | tee "$log"
 rc=${PIPESTATUS[0]}
 set -e
-# One closing line for the whole run: the sum of every test binary's result line.
-awk '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed;/) p += $(i-1); if ($i ~ /^failed;/) f += $(i-1) } }
-     END { printf "%d passed, %d failed\n", p, f }' "$log"
+
+# The container image, proven without a container engine (docs/packaging.md): the Dockerfile's
+# runtime stage rebuilt with debootstrap from packaging/runtime-packages.txt, then the launcher
+# run in it like deploy/launcher-pod.yaml runs it (its capabilities and sysctls, read-only
+# /proc/sys) against a sandbox pod and a TCG guest that must get its lease. Runs every time,
+# even after a cargo test failure. The root filesystem is cached outside the clone, keyed by a
+# hash of the package list, the packaging scripts and the runtime stage: about 2-3 min when
+# cached, 4-10 min when it must be built (a fresh machine, or one of those files changed).
+step "image smoke test (scripts/image-smoke.sh)"
+export IMAGE_SMOKE_CACHE=${IMAGE_SMOKE_CACHE:-/var/tmp/launcher-image-smoke}
+set +e
+cargo build --locked -p launcher --bin launcher &&
+  IMAGE_SMOKE_BIN=target/debug/launcher bash scripts/image-smoke.sh 2>&1 | tee "$smoke_log"
+smoke_rc=${PIPESTATUS[0]}
+set -e
+# Its "image-smoke: N passed, N failed" line; a run that ended without one counts as 1 failed.
+if ! smoke=$(sed -nE 's/^image-smoke: ([0-9]+) passed, ([0-9]+) failed$/\1 \2/p' "$smoke_log" | tail -n1) || [[ -z $smoke ]]; then
+  echo "image-smoke: FAILED without a result line (exit $smoke_rc): counted as 1 failed" >&2
+  smoke="0 1"
+elif ((smoke_rc != 0)) && [[ ${smoke#* } == 0 ]]; then
+  echo "image-smoke: exit $smoke_rc although it reported no failed check: counted as 1 failed" >&2
+  smoke="${smoke% *} 1"
+fi
+((smoke_rc == 0)) || echo "==> IMAGE SMOKE TEST FAILED (exit $smoke_rc): see the FAIL lines above" >&2
+((rc != 0)) || rc=$smoke_rc
+
+# One closing line for the whole run: the sum of every test binary's result line and the image
+# smoke test's checks.
+awk -v smoke="$smoke" '/^test result:/ { for (i = 2; i <= NF; i++) { if ($i ~ /^passed;/) p += $(i-1); if ($i ~ /^failed;/) f += $(i-1) } }
+     END { split(smoke, s, " "); printf "%d passed, %d failed\n", p + s[1], f + s[2] }' "$log"
 exit "$rc"

@@ -3,9 +3,11 @@
 #  1. against the Kubernetes OpenAPI schema, strictly (unknown fields are errors), with
 #     kubernetes-validate from PyPI (installed into $VALIDATE_VENV, default .cache/venv-validate);
 #  2. against the launcher pod's own rules (docs/packaging.md, "What the pod needs and why"):
-#     capabilities drop ALL and add only NET_ADMIN/NET_RAW/SYS_NICE (none for passt), the device
-#     plugin resources, the emptyDirs, terminationGracePeriodSeconds = the VMI's + 15, the
-#     readiness probe `launcher status`, terminationMessagePath, the VMI from a ConfigMap;
+#     capabilities drop ALL and add exactly what the pod's bindings and libvirtd need (none for
+#     passt), port 67 through the pod sysctl net.ipv4.ip_unprivileged_port_start instead of
+#     NET_BIND_SERVICE, allowPrivilegeEscalation false, the device plugin resources, the emptyDirs,
+#     terminationGracePeriodSeconds = the VMI's + 15, the readiness probe `launcher status`,
+#     terminationMessagePath, the VMI from a ConfigMap;
 #  3. the VMI in each ConfigMap with `launcher validate --strict` (the launcher accepts it);
 #  4. negative cases: mutated copies (a typo'd field, a wrong type, a forbidden capability, ...)
 #     must each be rejected, so the checks above can fail.
@@ -47,8 +49,11 @@ passed = failed = 0
 
 # Capabilities by reason (docs/packaging.md, "What the pod needs and why"): the pod must add
 # exactly the union of the reasons that apply, after dropping ALL.
-NET_CAPS = {"NET_ADMIN", "NET_RAW", "NET_BIND_SERVICE"}              # tap-based bindings + DHCP on :67
-ROOT_LIBVIRT_CAPS = {"SETUID", "SETGID", "SETPCAP", "DAC_OVERRIDE"}  # libvirtd as root starts qemu
+NET_CAPS = {"NET_ADMIN", "NET_RAW"}              # tap-based bindings: plumbing, raw sockets (RA)
+ROOT_LIBVIRT_CAPS = {"SETPCAP", "DAC_OVERRIDE"}  # libvirtd as root probes qemu (measured)
+# The DHCP servers' ports (67, 547) without NET_BIND_SERVICE: this pod-level (safe, namespaced)
+# sysctl must make port 67 unprivileged.
+PORT_SYSCTL, DHCP_PORT = "net.ipv4.ip_unprivileged_port_start", 67
 RT_CAPS = {"SYS_NICE"}                                               # realtime / dedicated CPUs
 ALLOWED_CAPS = NET_CAPS | ROOT_LIBVIRT_CAPS | RT_CAPS
 KVM, TUN = "devices.kubevirt.io/kvm", "devices.kubevirt.io/tun"
@@ -108,6 +113,8 @@ def launcher_rules(docs):
         errs.append(f"capabilities.add has {sorted(added - ALLOWED_CAPS)}: only {sorted(ALLOWED_CAPS)} are allowed")
     if sc.get("privileged"):
         errs.append("privileged must not be set")
+    if sc.get("allowPrivilegeEscalation") is not False:
+        errs.append("allowPrivilegeEscalation must be false")
     bindings = set()
     realtime = False
     if vmi:
@@ -130,6 +137,14 @@ def launcher_rules(docs):
         why = "; ".join(f"{c}: {'missing' if c in want else 'not needed'}" for c in sorted(added ^ want))
         errs.append(f"capabilities.add must be exactly {sorted(want)} for bindings {sorted(bindings)}, "
                     f"{'root' if as_root else 'non-root'}, realtime={realtime} ({why})")
+
+    # Port 67 for the DHCP servers through the pod's sysctl (tap-based bindings only).
+    sysctls = {x.get("name"): x.get("value") for x in spec.get("securityContext", {}).get("sysctls", [])}
+    if needs_net:
+        v = sysctls.get(PORT_SYSCTL)
+        if v is None or not str(v).isdigit() or int(v) > DHCP_PORT:
+            errs.append(f"securityContext.sysctls must set {PORT_SYSCTL} <= {DHCP_PORT} (the DHCP server's port, "
+                        f"instead of NET_BIND_SERVICE), is {v}")
 
     # Devices through the device plugins: kvm always, tun for tap-based bindings.
     limits = c.get("resources", {}).get("limits", {})
@@ -224,8 +239,13 @@ MUTATIONS_BY_KIND = {
     "tap": [
         ("no NET_RAW for a tap-based binding", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("NET_RAW")),
         ("no tun device for a tap-based binding", lambda ds: compute(ds)["resources"]["limits"].pop("devices.kubevirt.io/tun")),
-        ("no NET_BIND_SERVICE for the DHCP server", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("NET_BIND_SERVICE")),
+        ("NET_BIND_SERVICE (the sysctl opens port 67)", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].append("NET_BIND_SERVICE")),
+        ("SETUID (qemu runs as libvirtd's own uid)", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].append("SETUID")),
+        ("no port sysctl for the DHCP server", lambda ds: pod_of(ds)["spec"]["securityContext"].pop("sysctls")),
+        ("the port sysctl above 67", lambda ds: pod_of(ds)["spec"]["securityContext"]["sysctls"][0].__setitem__("value", "1024")),
         ("no SETPCAP for libvirtd as root", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("SETPCAP")),
+        ("no DAC_OVERRIDE for libvirtd as root", lambda ds: compute(ds)["securityContext"]["capabilities"]["add"].remove("DAC_OVERRIDE")),
+        ("privilege escalation allowed", lambda ds: compute(ds)["securityContext"].__setitem__("allowPrivilegeEscalation", True)),
         ("a tap-based binding as non-root", lambda ds: compute(ds)["securityContext"].update(runAsUser=107, runAsNonRoot=True)),
     ],
     "passt": [

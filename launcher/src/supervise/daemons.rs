@@ -30,8 +30,12 @@ pub const LIBVIRT_SOCK_DIR: &str = "/run/libvirt";
 pub const OWN_URI: &str = "qemu:///system";
 
 pub const QEMU_CONF: &str = r#"# Written by launcher: qemu runs as root inside the pod; the pod is the sandbox.
-user = "root"
-group = "root"
+# uid/gid 4294967295 is (uid_t)-1, "unchanged": libvirtd starts qemu and swtpm as itself and
+# chowns nothing, so the pod needs no SETUID, SETGID or CHOWN (docs/packaging.md).
+user = "+4294967295"
+group = "+4294967295"
+swtpm_user = "+4294967295"
+swtpm_group = "+4294967295"
 dynamic_ownership = 0
 remember_owner = 0
 namespaces = [ ]
@@ -569,7 +573,9 @@ mod tests {
     #[test]
     fn qemu_conf_has_the_pod_settings() {
         for k in [
-            "user = \"root\"",
+            "user = \"+4294967295\"",
+            "group = \"+4294967295\"",
+            "swtpm_user = \"+4294967295\"",
             "dynamic_ownership = 0",
             "remember_owner = 0",
             "namespaces = [ ]",
