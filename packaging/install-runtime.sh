@@ -49,8 +49,12 @@ fi
 
 # libvirt's QEMU driver refuses to start without this user, even when qemu runs as root
 # (Debian creates it only in libvirt-daemon-system, which a container does not want).
-id -u libvirt-qemu >/dev/null 2>&1 || useradd --system --no-create-home --home-dir /var/lib/libvirt \
-  --shell /usr/sbin/nologin libvirt-qemu
+# Its ids are pinned to Debian's fixed 64055 (libvirt-daemon-system's choice): the passt pod runs
+# as runAsUser/fsGroup 64055 (deploy/launcher-pod-passt.yaml), and the launcher's non-root mode
+# needs a user record for its uid.
+getent group libvirt-qemu >/dev/null 2>&1 || groupadd --system --gid 64055 libvirt-qemu
+id -u libvirt-qemu >/dev/null 2>&1 || useradd --system --uid 64055 --gid 64055 --no-create-home \
+  --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
 
 # In this image qemu runs as root (the launcher's qemu.conf: user = "root"). Debian ships
 # /var/lib/libvirt/qemu owned by libvirt-qemu (0750); libvirtd would chown it to root at every
