@@ -72,6 +72,7 @@ pub fn cmd_run(g: &GlobalArgs, a: &RunArgs) -> anyhow::Result<u8> {
 struct Acquired {
     net_plumbed: bool,
     dhcp: Option<crate::dhcp::server::Dhcp4Servers>,
+    dhcp6: Option<crate::dhcp::server6::Dhcp6Servers>,
     daemons: Vec<daemons::Supervised>,
     lv: Option<lifecycle::Libvirt>,
     domain_defined: Option<String>,
@@ -98,6 +99,9 @@ impl Acquired {
         // Stop in reverse order of start (libvirtd before virtlogd).
         while let Some(d) = self.daemons.pop() {
             d.stop().await;
+        }
+        if let Some(servers) = self.dhcp6.take() {
+            servers.shutdown().await;
         }
         if let Some(servers) = self.dhcp.take() {
             servers.shutdown().await;
@@ -192,6 +196,7 @@ async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
     let mut acq = Acquired {
         net_plumbed: false,
         dhcp: None,
+        dhcp6: None,
         daemons: Vec::new(),
         lv: None,
         domain_defined: None,
@@ -339,6 +344,11 @@ async fn bring_up(
         crate::dhcp::server::Dhcp4Servers::start(net.dhcp_configs())
             .await
             .map_err(|e| anyhow::Error::new(e).context("starting the DHCP servers"))?,
+    );
+    acq.dhcp6 = Some(
+        crate::dhcp::server6::Dhcp6Servers::start(net.dhcp6_configs())
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("starting the DHCPv6 servers"))?,
     );
     if let Some(by) = stop_requested(sig) {
         return Ok(BringUp::StoppedEarly(by));
@@ -512,6 +522,7 @@ mod tests {
             queues,
             guest_ips: vec!["10.244.1.5".parse().unwrap()],
             dhcp: None,
+            dhcp6: None,
         }
     }
 
