@@ -218,9 +218,25 @@ fn golden_dual_stack() {
         addrs,
         serde_json::json!([
             {"address": "10.0.2.1", "prefix_len": 24, "broadcast": "10.0.2.255"},
-            {"address": "fd10:0:2::1", "prefix_len": 120, "flags": 2}
+            {"address": "fd10:0:2::1", "prefix_len": 120, "flags": 2},
+            {"address": "fe80::ff:fe00:0", "prefix_len": 64, "flags": 2}
         ])
     );
+    // The IPv6 side of the result: DHCPv6 for fd10:0:2::2 to the VM's MAC only, and RAs with
+    // the on-link prefix, the pod MTU and a non-zero router lifetime.
+    let v6 = r.dhcp6.as_ref().expect("dual-stack masquerade serves DHCPv6 and RAs");
+    assert_eq!(v6.dhcp.interface, "k6t-eth0");
+    assert_eq!(v6.dhcp.client_ip.to_string(), "fd10:0:2::2");
+    assert_eq!(v6.dhcp.client_mac, r.mac.0);
+    assert_eq!(v6.dhcp.server_mac, [2, 0, 0, 0, 0, 0]);
+    assert_eq!(v6.dhcp.lifetime_secs, u32::MAX);
+    assert_eq!(
+        v6.ra.prefix,
+        Some(("fd10:0:2::1".parse().unwrap(), 120))
+    );
+    assert_eq!(v6.ra.mtu, r.mtu);
+    assert!(v6.ra.router_lifetime_secs >= 600);
+    assert_eq!(p.result().dhcp6_configs().len(), 1);
     let o = ops(&p);
     assert!(
         o.contains(&"set-sysctl net/ipv6/conf/all/forwarding".to_string()),
@@ -352,6 +368,9 @@ fn custom_vm_network_cidrs() {
     );
     let cfg = nat_config(&p);
     assert_eq!(cfg.v6.unwrap().gateway.to_string(), "fd20::1");
+    let v6 = r.dhcp6.as_ref().unwrap();
+    assert_eq!(v6.dhcp.client_ip.to_string(), "fd20::2");
+    assert_eq!(v6.ra.prefix, Some(("fd20::1".parse().unwrap(), 64)));
 }
 
 #[test]
@@ -363,9 +382,23 @@ fn ipv6_only_pod_has_no_dhcpv4_and_no_ipv4_steps() {
         .retain(|a| !a["address"].as_str().unwrap().contains('.'));
     let p = plan(&pod(eth0), &vmi(MASQ), &opts()).unwrap();
     assert!(p.interfaces[0].dhcp.is_none());
+    assert!(p.interfaces[0].dhcp6.is_some(), "IPv6 only: DHCPv6 and RAs still served");
     let o = ops(&p);
     assert!(!o.iter().any(|s| s.contains("ipv4")), "{o:?}");
     assert!(nat_config(&p).v4.is_none());
+}
+
+#[test]
+fn ipv4_only_pod_has_no_dhcpv6() {
+    let p = plan(&pod(flannel_eth0()), &vmi(MASQ), &opts()).unwrap();
+    assert!(p.interfaces[0].dhcp.is_some());
+    assert!(p.interfaces[0].dhcp6.is_none());
+    assert!(p.result().dhcp6_configs().is_empty());
+    let json = serde_json::to_value(&p).unwrap();
+    assert!(
+        json["interfaces"][0].get("dhcp6").is_none(),
+        "no dhcp6 key without IPv6 (plans of other bindings are unchanged)"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
