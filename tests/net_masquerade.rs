@@ -544,6 +544,22 @@ impl Served {
             .to_string()
     }
 
+    /// SIGTERM; returns the exit code and every log line.
+    fn terminate_with_logs(mut self) -> (i32, Vec<String>) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let st = self.child.wait().unwrap();
+        // The reader thread ends at EOF.
+        let mut logs = Vec::new();
+        while let Ok(l) = self.logs.recv_timeout(Duration::from_secs(5)) {
+            logs.push(l);
+        }
+        (st.code().unwrap_or(-1), logs)
+    }
+
     /// SIGTERM; returns the exit code.
     fn terminate(mut self) -> i32 {
         nix::sys::signal::kill(
@@ -573,6 +589,146 @@ impl Drop for Served {
             let _ = self.child.wait();
         }
     }
+}
+
+/// ISC `dhclient -6` (DUID-LL) in a guest stand-in, in the foreground, until its script sees
+/// a `BOUND6` (or, with `-S`, the information reply) or `secs` pass; then it is killed.
+/// Returns the script's environment for that event, or `None`. Waits for the guest's
+/// link-local address first (dhclient cannot bind while it is tentative).
+fn dhclient6(
+    pod: &Pod,
+    guest: &GuestNs,
+    tag: &str,
+    extra: &[&str],
+    secs: u64,
+) -> Option<HashMap<String, String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let out = pod.path(&format!("dhclient6-{tag}"));
+    let script = pod.path(&format!("dhclient6-{tag}.sh"));
+    // Apply the address like dhclient-script would (nodad: the test wants it at once), and
+    // record the environment of the event that carries the configuration.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+case \"$reason\" in BOUND6|REBIND6|RENEW6) \
+             ip -6 addr replace \"$new_ip6_address/$new_ip6_prefixlen\" dev \"$interface\" nodad;; esac\n\
+             case \"$reason\" in BOUND6|REBIND6|RENEW6|*INFORM*|*STATELESS*) env > {o}.tmp && mv {o}.tmp {o}.env;; esac\n",
+            o = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lf = pod.path(&format!("dhclient6-{tag}.leases"));
+    let pf = pod.path(&format!("dhclient6-{tag}.pid"));
+    let mut cmd = format!(
+        "for i in $(seq 100); do ip -6 addr show dev eth0 scope link -tentative | grep -q fe80 && break; sleep 0.1; done; \
+         exec dhclient -6 -d -v -D LL -sf {} -lf {} -pf {}",
+        script.display(),
+        lf.display(),
+        pf.display()
+    );
+    for e in extra {
+        cmd.push(' ');
+        cmd.push_str(e);
+    }
+    cmd.push_str(" eth0");
+    let mut child = guest
+        .exec_cmd(&["sh", "-c", &cmd])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(pod.path(&format!("dhclient6-{tag}.log"))).unwrap())
+        .spawn()
+        .expect("starting dhclient -6");
+    let env_path = pod.path(&format!("dhclient6-{tag}.env"));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline && !env_path.exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Ok(pid) = std::fs::read_to_string(&pf) {
+        let _ = Command::new("kill")
+            .arg(pid.trim())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let text = std::fs::read_to_string(&env_path).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn dhclient6_log(pod: &Pod, tag: &str) -> String {
+    std::fs::read_to_string(pod.path(&format!("dhclient6-{tag}.log"))).unwrap_or_default()
+}
+
+/// Waits until the guest stand-in has an IPv6 default route (from our RA); returns `ip -6
+/// route` output.
+fn wait_ra_default_route(guest: &GuestNs) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = guest.exec_ok(&["ip", "-6", "route", "show"]);
+        if r.lines().any(|l| l.starts_with("default")) || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The guest stand-in's IPv6 configuration from our servers alone: the RA gives the default
+/// route via the bridge's link-local address, the on-link prefix and the MTU; DHCPv6 gives
+/// fd10:0:2::2, DNS and the search list. Returns the dhclient environment.
+fn guest_v6_from_ra_and_dhcpv6(pod: &Pod, guest: &GuestNs, tag: &str) -> HashMap<String, String> {
+    let info = pod.sb.info();
+    // Solicit at once rather than waiting for a periodic RA.
+    let routes = wait_ra_default_route(guest);
+    assert!(
+        routes.contains("default via fe80::ff:fe00:0 dev eth0"),
+        "no default route from our RA:\n{routes}"
+    );
+    assert!(
+        routes.contains("fd10:0:2::/120 dev eth0"),
+        "no on-link prefix route from our RA:\n{routes}"
+    );
+    assert_eq!(
+        guest
+            .exec_ok(&["cat", "/proc/sys/net/ipv6/conf/eth0/mtu"])
+            .trim(),
+        info.mtu.to_string(),
+        "MTU option of the RA"
+    );
+    let env = dhclient6(pod, guest, tag, &[], 30).unwrap_or_else(|| {
+        panic!(
+            "dhclient -6 got no lease:\n{}",
+            dhclient6_log(pod, tag)
+        )
+    });
+    assert_eq!(env.get("reason").map(String::as_str), Some("BOUND6"), "{env:?}");
+    assert_eq!(
+        env.get("new_ip6_address").map(String::as_str),
+        Some("fd10:0:2::2"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd00:10:96::a"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_domain_search").map(String::as_str),
+        Some("default.svc.cluster.local. svc.cluster.local. cluster.local."),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_server_id").map(String::as_str),
+        Some("0:3:0:1:2:0:0:0:0:0"),
+        "DUID-LL of 02:00:00:00:00:00: {env:?}"
+    );
+    env
 }
 
 /// busybox udhcpc in the guest; returns (success, env of the `bound` event).
@@ -788,9 +944,8 @@ fn end_to_end(style: Style) {
         format!("busybox ping -c 2 -W 3 {}", info.node_ip),
     ];
     if dual {
-        // IPv6 plumbing (static until the DHCPv6/RA servers are wired; see docs/masquerade.md).
-        cmds.push("ip -6 addr add fd10:0:2::2/120 dev eth0 nodad".into());
-        cmds.push("ip -6 route add default via fd10:0:2::1 dev eth0".into());
+        // IPv6 from our router advertisements and DHCPv6 server only (ISC dhclient -6).
+        guest_v6_from_ra_and_dhcpv6(&pod, &guest, "e2e");
         cmds.push(format!(
             "busybox ping -6 -c 2 -W 3 {}",
             info.node_ip6.as_deref().unwrap()
@@ -852,6 +1007,94 @@ fn calico_pod_masquerade_end_to_end_and_exact_restore() {
 #[test]
 fn dual_stack_pod_masquerade_end_to_end_and_exact_restore() {
     end_to_end(Style::Dual);
+}
+
+/// The DHCPv6 server and RA sender against real clients (ISC dhclient -6), no guest: a foreign
+/// MAC gets nothing (counted as `foreign_client`); the VM gets its address with a plain
+/// SOLICIT/REQUEST exchange and with Rapid Commit; an INFORMATION-REQUEST without IA_NA
+/// (KubeVirt crashed on it, #9843) gets DNS and search list, and the server keeps serving.
+#[test]
+fn dhcpv6_and_ra_serve_only_the_vm_with_real_clients() {
+    let pod = Pod::new(Style::Dual);
+    let vmi = pod.vmi(MASQ);
+    let served = Served::start(&pod, &vmi);
+    let mac = served.mac();
+    let r = &served.result["interfaces"][0];
+    assert_eq!(r["dhcp6"]["dhcp"]["client_ip"], "fd10:0:2::2", "{r}");
+    let br = pod
+        .sb
+        .exec_ok(&["ip", "-6", "addr", "show", "dev", "k6t-eth0"]);
+    assert!(br.contains("fe80::ff:fe00:0/64"), "{br}");
+
+    // Another MAC on the bridge: no lease.
+    let other = pod.sb.add_guest("k6t-eth0", "02:00:00:00:bb:02");
+    assert!(
+        dhclient6(&pod, &other, "foreign", &[], 8).is_none(),
+        "a foreign MAC got a DHCPv6 lease"
+    );
+    let _ = Command::new("ip")
+        .args(["-n", &pod.sb.name, "link", "del", "sbg1"])
+        .status();
+
+    let guest = pod.sb.add_guest("k6t-eth0", &mac);
+    // Stateless first: INFORMATION-REQUEST, no IA_NA.
+    let env = dhclient6(&pod, &guest, "info", &["-S"], 20).unwrap_or_else(|| {
+        panic!(
+            "no reply to INFORMATION-REQUEST:\n{}",
+            dhclient6_log(&pod, "info")
+        )
+    });
+    assert_eq!(
+        env.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd00:10:96::a"),
+        "{env:?}"
+    );
+    assert!(env.get("new_ip6_address").is_none(), "{env:?}");
+    // Then the full exchange (the server is still up), RA included.
+    guest_v6_from_ra_and_dhcpv6(&pod, &guest, "full");
+    let log = dhclient6_log(&pod, "full");
+    assert!(log.contains("Advertise"), "SOLICIT → ADVERTISE expected:\n{log}");
+    // Rapid Commit: SOLICIT → REPLY, no ADVERTISE.
+    let cf = pod.path("dhclient6-rapid.conf");
+    std::fs::write(&cf, "send dhcp6.rapid-commit;\n").unwrap();
+    let cfs = format!("-cf {}", cf.display());
+    let env = dhclient6(&pod, &guest, "rapid", &[&cfs], 20).unwrap_or_else(|| {
+        panic!(
+            "no lease with Rapid Commit:\n{}",
+            dhclient6_log(&pod, "rapid")
+        )
+    });
+    assert_eq!(
+        env.get("new_ip6_address").map(String::as_str),
+        Some("fd10:0:2::2")
+    );
+    let log = dhclient6_log(&pod, "rapid");
+    assert!(!log.contains("Advertise"), "Rapid Commit must skip ADVERTISE:\n{log}");
+    // The guest reaches the node over IPv6 through the RA's default route and the NAT.
+    let o = guest.exec(&[
+        "busybox",
+        "ping",
+        "-6",
+        "-c",
+        "2",
+        "-W",
+        "3",
+        pod.sb.info().node_ip6.as_deref().unwrap(),
+    ]);
+    assert_ok(&o, "guest pinging the node over IPv6");
+
+    let _ = Command::new("ip")
+        .args(["-n", &pod.sb.name, "link", "del", "sbg2"])
+        .status();
+    let (code, logs) = served.terminate_with_logs();
+    assert_eq!(code, 0, "{logs:#?}");
+    let stopped = logs
+        .iter()
+        .find(|l| l.contains("router advertisements stopped"))
+        .unwrap_or_else(|| panic!("no DHCPv6 counters logged: {logs:#?}"));
+    assert!(stopped.contains("foreign_client="), "{stopped}");
+    assert!(!stopped.contains("\"ra_solicited\":0"), "{stopped}");
+    assert!(!stopped.contains("\"info_replies\":0"), "{stopped}");
 }
 
 /// What must be equal between two plumbed pods (the tap's random MAC aside; nft counters
@@ -1033,7 +1276,12 @@ fn ipv6_disabled_in_the_pod_ipv4_still_works() {
     let o = pod.run(&vmi, &["setup"], &[]);
     assert_ok(&o, "network setup with IPv6 disabled");
     let logs = String::from_utf8_lossy(&o.stderr);
-    assert!(logs.contains("IPv6 skipped"), "no skip log: {logs}");
+    assert_eq!(
+        logs.matches("IPv6 skipped").count(),
+        1,
+        "IPv6 must be logged as skipped exactly once: {logs}"
+    );
+    assert!(result_has_no_dhcp6(&o.stdout), "{logs}");
     let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         result["interfaces"][0]["guest_ips"],
@@ -1053,6 +1301,7 @@ fn ipv6_disabled_in_the_pod_ipv4_still_works() {
     let o = pod.run(&vmi, &["teardown"], &[]);
     assert_ok(&o, "teardown");
     let served = Served::start(&pod, &vmi);
+    assert!(served.result["interfaces"][0].get("dhcp6").is_none());
     let guest = pod.sb.add_guest("k6t-eth0", &served.mac());
     let (ok, env) = udhcpc(&pod, &guest, "v4only", 5);
     assert!(ok, "udhcpc got no lease (env {env:?})");
@@ -1069,9 +1318,24 @@ fn ipv6_disabled_in_the_pod_ipv4_still_works() {
     let _ = Command::new("ip")
         .args(["-n", &pod.sb.name, "link", "del", "sbg1"])
         .status();
-    assert_eq!(served.terminate(), 0);
+    let (code, logs) = served.terminate_with_logs();
+    assert_eq!(code, 0, "{logs:#?}");
+    assert_eq!(
+        logs.iter().filter(|l| l.contains("IPv6 skipped")).count(),
+        1,
+        "{logs:#?}"
+    );
+    assert!(
+        !logs.iter().any(|l| l.contains("DHCPv6 server and router advertisements running")),
+        "no IPv6 server without IPv6: {logs:#?}"
+    );
     let after = pod.sb.snapshot();
     assert!(before == after, "{}", diff(&before, &after));
+}
+
+fn result_has_no_dhcp6(stdout: &[u8]) -> bool {
+    let v: serde_json::Value = serde_json::from_slice(stdout).unwrap();
+    v["interfaces"][0].get("dhcp6").is_none()
 }
 
 /// `nft` refusing the NAT: exit 3 with nft's own text, everything rolled back.
