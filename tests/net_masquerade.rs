@@ -482,6 +482,8 @@ struct Served {
     child: Child,
     result: serde_json::Value,
     logs: mpsc::Receiver<String>,
+    /// The log lines read while waiting for the servers to start.
+    early: Vec<String>,
 }
 
 impl Served {
@@ -518,10 +520,14 @@ impl Served {
         }
         let result: serde_json::Value = serde_json::from_str(&text).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut early = Vec::new();
         loop {
             match logs.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) if l.contains("serving DHCP") => break,
-                Ok(_) => {}
+                Ok(l) if l.contains("serving DHCP") => {
+                    early.push(l);
+                    break;
+                }
+                Ok(l) => early.push(l),
                 Err(_) if Instant::now() > deadline => panic!("DHCP servers did not start"),
                 Err(_) => {
                     if let Some(st) = child.try_wait().unwrap() {
@@ -534,6 +540,7 @@ impl Served {
             child,
             result,
             logs,
+            early,
         }
     }
 
@@ -553,7 +560,7 @@ impl Served {
         .unwrap();
         let st = self.child.wait().unwrap();
         // The reader thread ends at EOF.
-        let mut logs = Vec::new();
+        let mut logs = std::mem::take(&mut self.early);
         while let Ok(l) = self.logs.recv_timeout(Duration::from_secs(5)) {
             logs.push(l);
         }
