@@ -1403,7 +1403,99 @@ fn tail(p: &Path) -> String {
 /// SIGTERM powers it off and the pod is restored exactly.
 #[test]
 fn tcg_guest_on_masquerade_gets_dhcp_pings_the_node_and_is_reachable_on_listed_ports() {
-    let pod = Pod::new(Style::Flannel);
+    tcg_masquerade(
+        Style::Flannel,
+        "6a1c0de5-0000-4000-8000-0000000a5c01",
+        |info| format!("guest.ping={} guest.listen={LISTED}", info.node_ip),
+        |pod, info, text| {
+            let dhcp = support::marker_lines(text, "GUEST-DHCP ");
+            assert_eq!(dhcp.len(), 1, "one DHCP line expected:\n{text}");
+            let d = &dhcp[0];
+            assert!(d.contains("ip=10.0.2.2 "), "{d}");
+            assert!(d.contains("mask=24 "), "{d}");
+            assert!(d.contains("router=10.0.2.1 "), "{d}");
+            assert!(d.contains("dns=10.96.0.10"), "{d}");
+            assert!(d.contains(&format!("mtu={}", info.mtu)), "{d}");
+            assert!(
+                text.contains(&format!("GUEST-PING ip={} ok", info.node_ip)),
+                "the guest must ping the node:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("GUEST-LISTEN port={LISTED}")),
+                "{text}"
+            );
+            // Node → pod IP:listed port reaches the guest's listener; an unlisted port does not.
+            let (ok, out) = nc_send(node_nc(pod, &info.pod_ip, LISTED), "hi");
+            assert!(
+                ok && out.contains("HELLO-FROM-GUEST"),
+                "node → pod IP:{LISTED}: {out}"
+            );
+            let (ok, out) = nc_send(node_nc(pod, &info.pod_ip, UNLISTED), "hi");
+            assert!(!ok && !out.contains("HELLO-FROM-GUEST"), "unlisted: {out}");
+            // 127.0.0.1:listed port inside the pod reaches the guest.
+            let (ok, out) = nc_send(pod_nc(pod, "127.0.0.1", LISTED), "hi");
+            assert!(
+                ok && out.contains("HELLO-FROM-GUEST"),
+                "pod → 127.0.0.1:{LISTED}: {out}"
+            );
+        },
+    );
+}
+
+/// Issue 6 end to end over IPv6: a dual-stack pod, `launcher run` with the tiny guest running
+/// ISC `dhclient -6` (busybox has no DHCPv6 client). Our RA gives the guest its default route
+/// (via the bridge's link-local address) and our DHCPv6 server gives it fd10:0:2::2 with the
+/// pod's IPv6 DNS server; the guest then pings the node over IPv4 and IPv6.
+#[test]
+fn tcg_guest_on_dual_stack_masquerade_gets_ipv6_from_ra_and_dhcpv6_and_pings_the_node() {
+    tcg_masquerade(
+        Style::Dual,
+        "6a1c0de5-0000-4000-8000-0000000a5c06",
+        |info| {
+            format!(
+                "guest.dhcp6=1 guest.ping={},{}",
+                info.node_ip,
+                info.node_ip6.as_deref().unwrap()
+            )
+        },
+        |_pod, info, text| {
+            let d = support::marker_lines(text, "GUEST-DHCP ");
+            assert!(
+                d.len() == 1 && d[0].contains("ip=10.0.2.2 "),
+                "DHCPv4:\n{text}"
+            );
+            let d6 = support::marker_lines(text, "GUEST-DHCP6");
+            assert_eq!(d6.len(), 1, "one DHCPv6 line expected:\n{text}");
+            assert!(d6[0].contains("ip=fd10:0:2::2/"), "{}", d6[0]);
+            assert!(d6[0].contains("dns=fd00:10:96::a"), "{}", d6[0]);
+            let ip6 = support::marker_lines(text, "GUEST-IP6");
+            assert_eq!(ip6.len(), 1, "{text}");
+            assert!(ip6[0].contains("fd10:0:2::2"), "{}", ip6[0]);
+            assert!(
+                ip6[0].contains("defroute=fe80::ff:fe00:0"),
+                "the default route comes from our RA: {}",
+                ip6[0]
+            );
+            for ip in [info.node_ip.clone(), info.node_ip6.clone().unwrap()] {
+                assert!(
+                    text.contains(&format!("GUEST-PING ip={ip} ok")),
+                    "the guest must ping the node at {ip}:\n{text}"
+                );
+            }
+        },
+    );
+}
+
+/// Boots the tiny guest under `launcher run` (TCG) on a masquerade NIC (listed port
+/// {LISTED}) in a pod of `style`, waits for GUEST-READY, runs `check` on the serial log, then
+/// SIGTERM: exit 0 and the pod exactly as before.
+fn tcg_masquerade(
+    style: Style,
+    uid: &str,
+    args: impl FnOnce(&support::SandboxInfo) -> String,
+    check: impl FnOnce(&Pod, &support::SandboxInfo, &str),
+) {
+    let pod = Pod::new(style);
     let info = pod.sb.info().clone();
     let before = pod.sb.snapshot();
     let kb = pod.path("cdd/kernel-boot");
@@ -1411,7 +1503,7 @@ fn tcg_guest_on_masquerade_gets_dhcp_pings_the_node_and_is_reachable_on_listed_p
     let g = support::test_guest();
     std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
     std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
-    let uid = "6a1c0de5-0000-4000-8000-0000000a5c01";
+    let guest_args = args(&info);
     let vmi = pod.vmi(&format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -1423,7 +1515,7 @@ spec:
     memory: {{guest: 256Mi}}
     firmware:
       kernelBoot:
-        kernelArgs: "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests guest.ping={node} guest.listen={LISTED}"
+        kernelArgs: "{cmdline}"
         container:
           image: registry.example/test-guest:latest
           kernelPath: /boot/vmlinuz
@@ -1438,7 +1530,7 @@ spec:
     - name: default
       pod: {{}}
 "#,
-        node = info.node_ip
+        cmdline = support::guest_cmdline(&guest_args)
     ));
     let run_dir = pod.path("run");
     let log_path = pod.path("launcher.log");
@@ -1487,36 +1579,7 @@ spec:
         "GUEST-READY not on the serial console.\nserial:\n{text}\nlauncher log:\n{}",
         tail(&log_path)
     );
-    let dhcp = support::marker_lines(&text, "GUEST-DHCP");
-    assert_eq!(dhcp.len(), 1, "one DHCP line expected:\n{text}");
-    let d = &dhcp[0];
-    assert!(d.contains("ip=10.0.2.2 "), "{d}");
-    assert!(d.contains("mask=24 "), "{d}");
-    assert!(d.contains("router=10.0.2.1 "), "{d}");
-    assert!(d.contains("dns=10.96.0.10"), "{d}");
-    assert!(d.contains(&format!("mtu={}", info.mtu)), "{d}");
-    assert!(
-        text.contains(&format!("GUEST-PING ip={} ok", info.node_ip)),
-        "the guest must ping the node:\n{text}"
-    );
-    assert!(
-        text.contains(&format!("GUEST-LISTEN port={LISTED}")),
-        "{text}"
-    );
-    // Node → pod IP:listed port reaches the guest's listener; an unlisted port does not.
-    let (ok, out) = nc_send(node_nc(&pod, &info.pod_ip, LISTED), "hi");
-    assert!(
-        ok && out.contains("HELLO-FROM-GUEST"),
-        "node → pod IP:{LISTED}: {out}"
-    );
-    let (ok, out) = nc_send(node_nc(&pod, &info.pod_ip, UNLISTED), "hi");
-    assert!(!ok && !out.contains("HELLO-FROM-GUEST"), "unlisted: {out}");
-    // 127.0.0.1:listed port inside the pod reaches the guest.
-    let (ok, out) = nc_send(pod_nc(&pod, "127.0.0.1", LISTED), "hi");
-    assert!(
-        ok && out.contains("HELLO-FROM-GUEST"),
-        "pod → 127.0.0.1:{LISTED}: {out}"
-    );
+    check(&pod, &info, &text);
 
     // SIGTERM: ACPI power-off, teardown, exit 0, the pod as before.
     nix::sys::signal::kill(
