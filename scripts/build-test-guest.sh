@@ -15,7 +15,7 @@
 #   guest.ping=IP[,IP...]   after DHCP (and IPv6 setup), `ping -c 3 -W 2` each: GUEST-PING ip=IP ok|fail
 #   guest.listen=PORT       TCP listener answering every connection with "HELLO-FROM-GUEST\n":
 #                           GUEST-LISTEN port=PORT
-#   guest.ipv6=1            wait (up to 15 s) for a global address (SLAAC or DHCPv6) and an RA
+#   guest.ipv6=1            wait (up to 15 s; 40 s with guest.dhcp6=1) for a global address (SLAAC or DHCPv6) and an RA
 #                           default route: GUEST-IP6 addrs=A[,B] defroute=GW|none
 #   guest.dhcp6=1           also run ISC `dhclient -6` (DUID-LL) on every NIC, in the background
 #                           from boot on (busybox has no DHCPv6 client): GUEST-DHCP6 iface=X
@@ -236,6 +236,18 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 echo "GUEST-BOOT kernel=$(uname -r)"
 
+# Is there a usable (not tentative) IPv6 address of scope $1 (/proc/net/if_inet6: 20 link,
+# 00 global), on device $2 if given? (busybox ip cannot filter on flags.)
+has_v6() {
+  while read -r _a _i _p scope flags dev; do
+    [ "$scope" = "$1" ] || continue
+    [ -z "$2" ] || [ "$dev" = "$2" ] || continue
+    case "$flags" in [4567cdefCDEF]?) continue ;; esac
+    return 0
+  done </proc/net/if_inet6
+  return 1
+}
+
 # Load only the drivers whose devices are present (each insmod costs time under TCG); the order
 # file lists dependencies first.
 IDS=$(cat /sys/bus/pci/devices/*/vendor /sys/bus/pci/devices/*/device 2>/dev/null | tr '\n' ' ')
@@ -281,7 +293,7 @@ if [ "$DHCP6" = 1 ]; then
   for n in $NICS; do
     (
       i=0
-      while [ $i -lt 100 ] && ! ip -6 addr show dev "$n" scope link -tentative | grep -q fe80; do
+      while [ $i -lt 100 ] && ! has_v6 20 "$n"; do
         i=$((i + 1))
         sleep 0.1
       done
@@ -312,14 +324,17 @@ elif [ "$DHCP" = 1 ]; then
 fi
 
 if [ "$IPV6" = 1 ]; then
-  i=0 addrs="" defroute="" lim=150
-  [ "$DHCP6" = 1 ] && lim=300
-  while [ $i -lt $lim ]; do
-    addrs=$(ip -6 -o addr show scope global -tentative | awk '{print $4}' | tr '\n' ',' | sed 's/,$//')
+  # Wall-clock bound (each iteration costs several process starts, slow under TCG).
+  addrs="" defroute="" limit=15
+  [ "$DHCP6" = 1 ] && limit=40
+  end=$(($(date +%s) + limit))
+  while :; do
+    addrs=""
+    has_v6 00 && addrs=$(ip -6 -o addr show | grep 'scope global' | awk '{print $4}' | tr '\n' ',' | sed 's/,$//')
     defroute=$(ip -6 route show default | awk '{print $3; exit}')
     [ -n "$addrs" ] && [ -n "$defroute" ] && break
-    i=$((i + 1))
-    sleep 0.1
+    [ "$(date +%s)" -lt "$end" ] || break
+    sleep 0.2
   done
   if [ "$DHCP6" = 1 ]; then
     for n in $NICS; do
