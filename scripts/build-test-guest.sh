@@ -377,7 +377,7 @@ if [ -n "$POWEROFF" ] && [ "$HOLD" != 1 ]; then
 fi
 while true; do sleep 3600; done
 EOF
-chmod 0755 "$ROOT/init" "$ROOT/etc/udhcpc/script" "$ROOT/etc/acpi/PWRF/00000080" "$ROOT/bin/hello"
+chmod 0755 "$ROOT/init" "$ROOT/etc/udhcpc/script" "$ROOT/etc/dhclient6-script" "$ROOT/etc/acpi/PWRF/00000080" "$ROOT/bin/hello"
 
 mkdir -p "$WORK/out"
 # Boot the uncompressed ELF kernel through its PVH entry when the kernel has one: under TCG,
