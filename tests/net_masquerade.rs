@@ -224,16 +224,16 @@ fn golden_dual_stack() {
     );
     // The IPv6 side of the result: DHCPv6 for fd10:0:2::2 to the VM's MAC only, and RAs with
     // the on-link prefix, the pod MTU and a non-zero router lifetime.
-    let v6 = r.dhcp6.as_ref().expect("dual-stack masquerade serves DHCPv6 and RAs");
+    let v6 = r
+        .dhcp6
+        .as_ref()
+        .expect("dual-stack masquerade serves DHCPv6 and RAs");
     assert_eq!(v6.dhcp.interface, "k6t-eth0");
     assert_eq!(v6.dhcp.client_ip.to_string(), "fd10:0:2::2");
     assert_eq!(v6.dhcp.client_mac, r.mac.0);
     assert_eq!(v6.dhcp.server_mac, [2, 0, 0, 0, 0, 0]);
     assert_eq!(v6.dhcp.lifetime_secs, u32::MAX);
-    assert_eq!(
-        v6.ra.prefix,
-        Some(("fd10:0:2::1".parse().unwrap(), 120))
-    );
+    assert_eq!(v6.ra.prefix, Some(("fd10:0:2::1".parse().unwrap(), 120)));
     assert_eq!(v6.ra.mtu, r.mtu);
     assert!(v6.ra.router_lifetime_secs >= 600);
     assert_eq!(p.result().dhcp6_configs().len(), 1);
@@ -382,7 +382,10 @@ fn ipv6_only_pod_has_no_dhcpv4_and_no_ipv4_steps() {
         .retain(|a| !a["address"].as_str().unwrap().contains('.'));
     let p = plan(&pod(eth0), &vmi(MASQ), &opts()).unwrap();
     assert!(p.interfaces[0].dhcp.is_none());
-    assert!(p.interfaces[0].dhcp6.is_some(), "IPv6 only: DHCPv6 and RAs still served");
+    assert!(
+        p.interfaces[0].dhcp6.is_some(),
+        "IPv6 only: DHCPv6 and RAs still served"
+    );
     let o = ops(&p);
     assert!(!o.iter().any(|s| s.contains("ipv4")), "{o:?}");
     assert!(nat_config(&p).v4.is_none());
@@ -708,13 +711,13 @@ fn guest_v6_from_ra_and_dhcpv6(pod: &Pod, guest: &GuestNs, tag: &str) -> HashMap
         info.mtu.to_string(),
         "MTU option of the RA"
     );
-    let env = dhclient6(pod, guest, tag, &[], 30).unwrap_or_else(|| {
-        panic!(
-            "dhclient -6 got no lease:\n{}",
-            dhclient6_log(pod, tag)
-        )
-    });
-    assert_eq!(env.get("reason").map(String::as_str), Some("BOUND6"), "{env:?}");
+    let env = dhclient6(pod, guest, tag, &[], 30)
+        .unwrap_or_else(|| panic!("dhclient -6 got no lease:\n{}", dhclient6_log(pod, tag)));
+    assert_eq!(
+        env.get("reason").map(String::as_str),
+        Some("BOUND6"),
+        "{env:?}"
+    );
     assert_eq!(
         env.get("new_ip6_address").map(String::as_str),
         Some("fd10:0:2::2"),
@@ -1060,7 +1063,10 @@ fn dhcpv6_and_ra_serve_only_the_vm_with_real_clients() {
     // Then the full exchange (the server is still up), RA included.
     guest_v6_from_ra_and_dhcpv6(&pod, &guest, "full");
     let log = dhclient6_log(&pod, "full");
-    assert!(log.contains("Advertise"), "SOLICIT → ADVERTISE expected:\n{log}");
+    assert!(
+        log.contains("Advertise"),
+        "SOLICIT → ADVERTISE expected:\n{log}"
+    );
     // Rapid Commit: SOLICIT → REPLY, no ADVERTISE.
     let cf = pod.path("dhclient6-rapid.conf");
     std::fs::write(&cf, "send dhcp6.rapid-commit;\n").unwrap();
@@ -1076,7 +1082,10 @@ fn dhcpv6_and_ra_serve_only_the_vm_with_real_clients() {
         Some("fd10:0:2::2")
     );
     let log = dhclient6_log(&pod, "rapid");
-    assert!(!log.contains("Advertise"), "Rapid Commit must skip ADVERTISE:\n{log}");
+    assert!(
+        !log.contains("Advertise"),
+        "Rapid Commit must skip ADVERTISE:\n{log}"
+    );
     // The guest reaches the node over IPv6 through the RA's default route and the NAT.
     let o = guest.exec(&[
         "busybox",
@@ -1333,7 +1342,9 @@ fn ipv6_disabled_in_the_pod_ipv4_still_works() {
         "{logs:#?}"
     );
     assert!(
-        !logs.iter().any(|l| l.contains("DHCPv6 server and router advertisements running")),
+        !logs
+            .iter()
+            .any(|l| l.contains("DHCPv6 server and router advertisements running")),
         "no IPv6 server without IPv6: {logs:#?}"
     );
     let after = pod.sb.snapshot();

@@ -49,7 +49,11 @@ fuzz_target!(|data: &[u8]| {
         2 => (other, Some(other)),
         _ => (Ipv6Addr::UNSPECIFIED, None),
     };
-    let hop = if mode & 8 != 0 { Some(255) } else { Some(i32::from(mode)) };
+    let hop = if mode & 8 != 0 {
+        Some(255)
+    } else {
+        Some(i32::from(mode))
+    };
 
     // The router-solicitation path.
     match server6::decide_rs(&VM, src, hop, rest) {
@@ -71,7 +75,8 @@ fuzz_target!(|data: &[u8]| {
         packet.splice(4..4, cid);
     }
     let from = SocketAddrV6::new(src, 546, 0, 3);
-    if let Action6::Reply { dest, reply } = server6::decide_dhcp6(prepared(), from, learned, &packet)
+    if let Action6::Reply { dest, reply } =
+        server6::decide_dhcp6(prepared(), from, learned, &packet)
     {
         assert_eq!(dest, from, "replies go back to the sender");
         let m = dhcproto::v6::Message::decode(&mut Decoder::new(&reply.bytes))

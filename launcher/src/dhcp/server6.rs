@@ -70,7 +70,10 @@ pub const MIN_SOLICITED_GAP: Duration = Duration::from_millis(500);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action6 {
     /// Send `reply.bytes` to `dest` (the client's address and port, on the interface).
-    Reply { dest: SocketAddrV6, reply: V6Reply },
+    Reply {
+        dest: SocketAddrV6,
+        reply: V6Reply,
+    },
     Drop(V6Drop),
 }
 
@@ -130,7 +133,9 @@ impl RsIgnore {
 pub enum RsDecision {
     /// A valid router solicitation: answer with an RA. `vm_ll` is the sender's link-local
     /// address when its source link-layer option carries the VM's MAC.
-    Answer { vm_ll: Option<Ipv6Addr> },
+    Answer {
+        vm_ll: Option<Ipv6Addr>,
+    },
     Ignore(RsIgnore),
 }
 
@@ -408,7 +413,10 @@ struct BoundIcmp {
 fn ifindex(interface: &str) -> Result<u32, DhcpError> {
     nix::net::if_::if_nametoindex(interface)
         .map_err(errno)
-        .map_err(sock_err(interface, "looking up the interface (does it exist?)"))
+        .map_err(sock_err(
+            interface,
+            "looking up the interface (does it exist?)",
+        ))
 }
 
 fn open_udp(interface: &str) -> Result<BoundUdp, DhcpError> {
@@ -883,7 +891,10 @@ mod tests {
         );
         match decide_dhcp6(&p, from, Some(*from.ip()), &info_req) {
             Action6::Reply { dest, reply } => {
-                assert_eq!(dest, from, "the reply goes back where the request came from");
+                assert_eq!(
+                    dest, from,
+                    "the reply goes back where the request came from"
+                );
                 assert_eq!(reply.kind, V6ReplyKind::ReplyInformation);
                 assert_eq!(&reply.bytes[..4], &[7, 1, 2, 3]);
             }
