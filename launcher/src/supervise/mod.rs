@@ -100,10 +100,10 @@ impl Acquired {
         while let Some(d) = self.daemons.pop() {
             d.stop().await;
         }
-        if let Some(servers) = self.dhcp6.take() {
+        if let Some(servers) = self.dhcp.take() {
             servers.shutdown().await;
         }
-        if let Some(servers) = self.dhcp.take() {
+        if let Some(servers) = self.dhcp6.take() {
             servers.shutdown().await;
         }
         if std::mem::take(&mut self.net_plumbed) {
@@ -340,15 +340,15 @@ async fn bring_up(
         .collect();
 
     sw.phase(Phase::DhcpUp);
-    acq.dhcp = Some(
-        crate::dhcp::server::Dhcp4Servers::start(net.dhcp_configs())
-            .await
-            .map_err(|e| anyhow::Error::new(e).context("starting the DHCP servers"))?,
-    );
     acq.dhcp6 = Some(
         crate::dhcp::server6::Dhcp6Servers::start(net.dhcp6_configs())
             .await
             .map_err(|e| anyhow::Error::new(e).context("starting the DHCPv6 servers"))?,
+    );
+    acq.dhcp = Some(
+        crate::dhcp::server::Dhcp4Servers::start(net.dhcp_configs())
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("starting the DHCP servers"))?,
     );
     if let Some(by) = stop_requested(sig) {
         return Ok(BringUp::StoppedEarly(by));
