@@ -15,8 +15,12 @@
 #   guest.ping=IP[,IP...]   after DHCP (and IPv6 setup), `ping -c 3 -W 2` each: GUEST-PING ip=IP ok|fail
 #   guest.listen=PORT       TCP listener answering every connection with "HELLO-FROM-GUEST\n":
 #                           GUEST-LISTEN port=PORT
-#   guest.ipv6=1            wait (up to 15 s) for a SLAAC address and an RA default route:
-#                           GUEST-IP6 addrs=A[,B] defroute=GW|none
+#   guest.ipv6=1            wait (up to 15 s; 40 s with guest.dhcp6=1) for a global address (SLAAC or DHCPv6) and an RA
+#                           default route: GUEST-IP6 addrs=A[,B] defroute=GW|none
+#   guest.dhcp6=1           also run ISC `dhclient -6` (DUID-LL) on every NIC, in the background
+#                           from boot on (busybox has no DHCPv6 client): GUEST-DHCP6 iface=X
+#                           ip=... dns=... search="..." or GUEST-DHCP6 iface=X failed (printed
+#                           with GUEST-IP6; implies guest.ipv6=1)
 #   guest.dhcp=0            do not run DHCP (GUEST-DHCP iface=X skipped)
 #   guest.poweroff=SECONDS  SECONDS after GUEST-READY: GUEST-POWEROFF, then `poweroff -f`
 #   guest.hold=1            never power off by itself and ignore the ACPI power button
@@ -26,7 +30,7 @@
 #   GUEST-DHCP iface=eth0 ip=... mask=24 router=... dns=... mtu=... hostname=... domain=...
 #              search="..." staticroutes="..."        (one per NIC; or "GUEST-DHCP iface=eth0 failed";
 #                                                     "GUEST-DHCP none" when the guest has no NIC)
-#   GUEST-IP6 ...  GUEST-PING ...  GUEST-LISTEN ...  GUEST-READY  [GUEST-POWEROFF]
+#   GUEST-DHCP6 ...  GUEST-IP6 ...  GUEST-PING ...  GUEST-LISTEN ...  GUEST-READY  [GUEST-POWEROFF]
 set -euo pipefail
 
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -58,18 +62,21 @@ KVER=$(pick_kernel)
 KERNEL=/boot/vmlinuz-$KVER
 [[ -r $KERNEL ]] || die "cannot read $KERNEL"
 BUSYBOX=${TEST_GUEST_BUSYBOX:-/bin/busybox}
+# ISC dhclient (isc-dhcp-client) for guest.dhcp6=1, with the shared libraries it needs.
+DHCLIENT=${TEST_GUEST_DHCLIENT:-/sbin/dhclient}
+[[ -x $DHCLIENT ]] || die "no $DHCLIENT (install isc-dhcp-client: scripts/setup.sh)"
 [[ -x $BUSYBOX ]] || die "no $BUSYBOX (install busybox-static: scripts/setup.sh)"
 # Static (non-PIE) executables have ELF type ET_EXEC (2); Debian's dynamic busybox is PIE (3).
 if [[ $(od -An -tu1 -j16 -N1 "$BUSYBOX" | tr -d ' ') != 2 ]]; then
   die "$BUSYBOX is dynamically linked; the initramfs needs busybox-static (scripts/setup.sh)"
 fi
-for t in cpio gzip modinfo sha256sum flock; do
+for t in cpio gzip modinfo sha256sum flock ldd; do
   command -v "$t" >/dev/null || die "missing tool $t (scripts/setup.sh installs cpio, kmod, coreutils, util-linux)"
 done
 
 KEY=$({
   echo "$KVER"
-  sha256sum "$KERNEL" "$BUSYBOX" "$SELF" | cut -d' ' -f1
+  sha256sum "$KERNEL" "$BUSYBOX" "$DHCLIENT" "$SELF" | cut -d' ' -f1
 } | sha256sum | cut -c1-16)
 DEST=$CACHE/$KVER-$KEY
 
@@ -109,6 +116,15 @@ chmod 0755 "$ROOT/bin/busybox"
 "$BUSYBOX" --list-full | while read -r a; do
   [[ -e $ROOT/$a || -L $ROOT/$a ]] || ln -s /bin/busybox "$ROOT/$a"
 done
+
+# dhclient and its shared libraries (with the dynamic loader), at their host paths.
+mkdir -p "$ROOT/var/lib/dhcp" "$ROOT/etc/dhcp"
+cp "$DHCLIENT" "$ROOT/sbin/dhclient"
+for lib in $(ldd "$DHCLIENT" | grep -o '/[^ ]*'); do
+  mkdir -p "$ROOT$(dirname "$lib")"
+  cp -L "$lib" "$ROOT$lib"
+done
+echo 'request dhcp6.name-servers, dhcp6.domain-search;' >"$ROOT/etc/dhcp/dhclient6.conf"
 
 # Kernel modules, dependencies first (virtio as modules in Debian's kernel; see NOTES.md).
 WANT=(virtio_pci virtio_net virtio_blk virtio_console virtio_rng e1000 e1000e 8139cp button evdev)
@@ -182,6 +198,20 @@ esac
 exit 0
 EOF
 
+cat >"$ROOT/etc/dhclient6-script" <<'EOF'
+#!/bin/sh
+# dhclient -6 hook: apply the IA_NA address (routes come from router advertisements) and
+# record the lease for /init.
+case "$reason" in
+  BOUND6|RENEW6|REBIND6|REBOOT6)
+    [ -n "$new_ip6_address" ] || exit 0
+    ip -6 addr add "$new_ip6_address/${new_ip6_prefixlen:-128}" dev "$interface" 2>/dev/null
+    echo "GUEST-DHCP6 iface=$interface ip=$new_ip6_address/${new_ip6_prefixlen:-128} dns=$(echo $new_dhcp6_name_servers | tr ' ' ,) search=\"$new_dhcp6_domain_search\"" >"/tmp/lease6.$interface"
+    ;;
+esac
+exit 0
+EOF
+
 cat >"$ROOT/etc/acpi/PWRF/00000080" <<'EOF'
 #!/bin/sh
 echo GUEST-ACPI-POWEROFF >/dev/console
@@ -206,6 +236,18 @@ mount -t tmpfs tmpfs /tmp
 mount -t tmpfs tmpfs /run
 echo "GUEST-BOOT kernel=$(uname -r)"
 
+# Is there a usable (not tentative) IPv6 address of scope $1 (/proc/net/if_inet6: 20 link,
+# 00 global), on device $2 if given? (busybox ip cannot filter on flags.)
+has_v6() {
+  while read -r _a _i _p scope flags dev; do
+    [ "$scope" = "$1" ] || continue
+    [ -z "$2" ] || [ "$dev" = "$2" ] || continue
+    case "$flags" in [4567cdefCDEF]?) continue ;; esac
+    return 0
+  done </proc/net/if_inet6
+  return 1
+}
+
 # Load only the drivers whose devices are present (each insmod costs time under TCG); the order
 # file lists dependencies first.
 IDS=$(cat /sys/bus/pci/devices/*/vendor /sys/bus/pci/devices/*/device 2>/dev/null | tr '\n' ' ')
@@ -222,7 +264,7 @@ for m in $(cat /etc/modules.order); do
   want "$m" && insmod "/lib/modules/$m.ko" 2>/dev/null
 done
 
-PING="" LISTEN="" IPV6=0 POWEROFF="" HOLD=0 DHCP=1
+PING="" LISTEN="" IPV6=0 POWEROFF="" HOLD=0 DHCP=1 DHCP6=0
 for w in $(cat /proc/cmdline); do
   case "$w" in
     guest.ping=*) PING=$(echo "${w#*=}" | tr , ' ') ;;
@@ -231,6 +273,7 @@ for w in $(cat /proc/cmdline); do
     guest.poweroff=*) POWEROFF=${w#*=} ;;
     guest.hold=*) HOLD=${w#*=} ;;
     guest.dhcp=*) DHCP=${w#*=} ;;
+    guest.dhcp6=*) DHCP6=${w#*=}; [ "$DHCP6" = 1 ] && IPV6=1 ;;
   esac
 done
 
@@ -244,6 +287,22 @@ for n in $(ls /sys/class/net); do
   case "$n" in lo|sit*|tunl*|ip6tnl*) ;; *) NICS="$NICS $n" ;; esac
 done
 for n in $NICS; do ip link set dev "$n" up; done
+if [ "$DHCP6" = 1 ]; then
+  # In the background, beside DHCPv4: wait for the link-local address (dhclient cannot bind a
+  # tentative one), then one attempt (-1); on success dhclient stays as a daemon.
+  for n in $NICS; do
+    (
+      i=0
+      while [ $i -lt 100 ] && ! has_v6 20 "$n"; do
+        i=$((i + 1))
+        sleep 0.1
+      done
+      dhclient -6 -1 -v -D LL -cf /etc/dhcp/dhclient6.conf -sf /etc/dhclient6-script \
+        -lf "/var/lib/dhcp/dhclient6.$n.leases" -pf "/run/dhclient6.$n.pid" "$n" \
+        >"/tmp/dhclient6.$n.log" 2>&1
+    ) &
+  done
+fi
 if [ -z "$NICS" ]; then
   echo "GUEST-DHCP none"
 elif [ "$DHCP" = 1 ]; then
@@ -265,14 +324,28 @@ elif [ "$DHCP" = 1 ]; then
 fi
 
 if [ "$IPV6" = 1 ]; then
-  i=0 addrs="" defroute=""
-  while [ $i -lt 150 ]; do
-    addrs=$(ip -6 -o addr show scope global -tentative | awk '{print $4}' | tr '\n' ',' | sed 's/,$//')
+  # Wall-clock bound (each iteration costs several process starts, slow under TCG).
+  addrs="" defroute="" limit=15
+  [ "$DHCP6" = 1 ] && limit=40
+  end=$(($(date +%s) + limit))
+  while :; do
+    addrs=""
+    has_v6 00 && addrs=$(ip -6 -o addr show | grep 'scope global' | awk '{print $4}' | tr '\n' ',' | sed 's/,$//')
     defroute=$(ip -6 route show default | awk '{print $3; exit}')
     [ -n "$addrs" ] && [ -n "$defroute" ] && break
-    i=$((i + 1))
-    sleep 0.1
+    [ "$(date +%s)" -lt "$end" ] || break
+    sleep 0.2
   done
+  if [ "$DHCP6" = 1 ]; then
+    for n in $NICS; do
+      if [ -s "/tmp/lease6.$n" ]; then
+        cat "/tmp/lease6.$n"
+      else
+        echo "GUEST-DHCP6 iface=$n failed"
+        sed 's/^/  dhclient: /' "/tmp/dhclient6.$n.log" 2>/dev/null | tail -n 15
+      fi
+    done
+  fi
   echo "GUEST-IP6 addrs=${addrs:-none} defroute=${defroute:-none}"
 fi
 
@@ -304,7 +377,7 @@ if [ -n "$POWEROFF" ] && [ "$HOLD" != 1 ]; then
 fi
 while true; do sleep 3600; done
 EOF
-chmod 0755 "$ROOT/init" "$ROOT/etc/udhcpc/script" "$ROOT/etc/acpi/PWRF/00000080" "$ROOT/bin/hello"
+chmod 0755 "$ROOT/init" "$ROOT/etc/udhcpc/script" "$ROOT/etc/dhclient6-script" "$ROOT/etc/acpi/PWRF/00000080" "$ROOT/bin/hello"
 
 mkdir -p "$WORK/out"
 # Boot the uncompressed ELF kernel through its PVH entry when the kernel has one: under TCG,

@@ -218,9 +218,25 @@ fn golden_dual_stack() {
         addrs,
         serde_json::json!([
             {"address": "10.0.2.1", "prefix_len": 24, "broadcast": "10.0.2.255"},
-            {"address": "fd10:0:2::1", "prefix_len": 120, "flags": 2}
+            {"address": "fd10:0:2::1", "prefix_len": 120, "flags": 2},
+            {"address": "fe80::ff:fe00:0", "prefix_len": 64, "flags": 2}
         ])
     );
+    // The IPv6 side of the result: DHCPv6 for fd10:0:2::2 to the VM's MAC only, and RAs with
+    // the on-link prefix, the pod MTU and a non-zero router lifetime.
+    let v6 = r
+        .dhcp6
+        .as_ref()
+        .expect("dual-stack masquerade serves DHCPv6 and RAs");
+    assert_eq!(v6.dhcp.interface, "k6t-eth0");
+    assert_eq!(v6.dhcp.client_ip.to_string(), "fd10:0:2::2");
+    assert_eq!(v6.dhcp.client_mac, r.mac.0);
+    assert_eq!(v6.dhcp.server_mac, [2, 0, 0, 0, 0, 0]);
+    assert_eq!(v6.dhcp.lifetime_secs, u32::MAX);
+    assert_eq!(v6.ra.prefix, Some(("fd10:0:2::1".parse().unwrap(), 120)));
+    assert_eq!(v6.ra.mtu, r.mtu);
+    assert!(v6.ra.router_lifetime_secs >= 600);
+    assert_eq!(p.result().dhcp6_configs().len(), 1);
     let o = ops(&p);
     assert!(
         o.contains(&"set-sysctl net/ipv6/conf/all/forwarding".to_string()),
@@ -352,6 +368,9 @@ fn custom_vm_network_cidrs() {
     );
     let cfg = nat_config(&p);
     assert_eq!(cfg.v6.unwrap().gateway.to_string(), "fd20::1");
+    let v6 = r.dhcp6.as_ref().unwrap();
+    assert_eq!(v6.dhcp.client_ip.to_string(), "fd20::2");
+    assert_eq!(v6.ra.prefix, Some(("fd20::1".parse().unwrap(), 64)));
 }
 
 #[test]
@@ -363,9 +382,26 @@ fn ipv6_only_pod_has_no_dhcpv4_and_no_ipv4_steps() {
         .retain(|a| !a["address"].as_str().unwrap().contains('.'));
     let p = plan(&pod(eth0), &vmi(MASQ), &opts()).unwrap();
     assert!(p.interfaces[0].dhcp.is_none());
+    assert!(
+        p.interfaces[0].dhcp6.is_some(),
+        "IPv6 only: DHCPv6 and RAs still served"
+    );
     let o = ops(&p);
     assert!(!o.iter().any(|s| s.contains("ipv4")), "{o:?}");
     assert!(nat_config(&p).v4.is_none());
+}
+
+#[test]
+fn ipv4_only_pod_has_no_dhcpv6() {
+    let p = plan(&pod(flannel_eth0()), &vmi(MASQ), &opts()).unwrap();
+    assert!(p.interfaces[0].dhcp.is_some());
+    assert!(p.interfaces[0].dhcp6.is_none());
+    assert!(p.result().dhcp6_configs().is_empty());
+    let json = serde_json::to_value(&p).unwrap();
+    assert!(
+        json["interfaces"][0].get("dhcp6").is_none(),
+        "no dhcp6 key without IPv6 (plans of other bindings are unchanged)"
+    );
 }
 
 // ------------------------------------------------------------------------------------------
@@ -449,6 +485,8 @@ struct Served {
     child: Child,
     result: serde_json::Value,
     logs: mpsc::Receiver<String>,
+    /// The log lines read while waiting for the servers to start.
+    early: Vec<String>,
 }
 
 impl Served {
@@ -485,10 +523,14 @@ impl Served {
         }
         let result: serde_json::Value = serde_json::from_str(&text).unwrap();
         let deadline = Instant::now() + Duration::from_secs(20);
+        let mut early = Vec::new();
         loop {
             match logs.recv_timeout(Duration::from_millis(200)) {
-                Ok(l) if l.contains("serving DHCP") => break,
-                Ok(_) => {}
+                Ok(l) if l.contains("serving DHCP") => {
+                    early.push(l);
+                    break;
+                }
+                Ok(l) => early.push(l),
                 Err(_) if Instant::now() > deadline => panic!("DHCP servers did not start"),
                 Err(_) => {
                     if let Some(st) = child.try_wait().unwrap() {
@@ -501,6 +543,7 @@ impl Served {
             child,
             result,
             logs,
+            early,
         }
     }
 
@@ -509,6 +552,22 @@ impl Served {
             .as_str()
             .unwrap()
             .to_string()
+    }
+
+    /// SIGTERM; returns the exit code and every log line.
+    fn terminate_with_logs(mut self) -> (i32, Vec<String>) {
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let st = self.child.wait().unwrap();
+        // The reader thread ends at EOF.
+        let mut logs = std::mem::take(&mut self.early);
+        while let Ok(l) = self.logs.recv_timeout(Duration::from_secs(5)) {
+            logs.push(l);
+        }
+        (st.code().unwrap_or(-1), logs)
     }
 
     /// SIGTERM; returns the exit code.
@@ -540,6 +599,146 @@ impl Drop for Served {
             let _ = self.child.wait();
         }
     }
+}
+
+/// ISC `dhclient -6` (DUID-LL) in a guest stand-in, in the foreground, until its script sees
+/// a `BOUND6` (or, with `-S`, the information reply) or `secs` pass; then it is killed.
+/// Returns the script's environment for that event, or `None`. Waits for the guest's
+/// link-local address first (dhclient cannot bind while it is tentative).
+fn dhclient6(
+    pod: &Pod,
+    guest: &GuestNs,
+    tag: &str,
+    extra: &[&str],
+    secs: u64,
+) -> Option<HashMap<String, String>> {
+    use std::os::unix::fs::PermissionsExt;
+    let out = pod.path(&format!("dhclient6-{tag}"));
+    let script = pod.path(&format!("dhclient6-{tag}.sh"));
+    // Apply the address like dhclient-script would (nodad: the test wants it at once), and
+    // record the environment of the event that carries the configuration.
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh
+case \"$reason\" in BOUND6|REBIND6|RENEW6) \
+             ip -6 addr replace \"$new_ip6_address/$new_ip6_prefixlen\" dev \"$interface\" nodad;; esac\n\
+             case \"$reason\" in BOUND6|REBIND6|RENEW6|*INFORM*|*STATELESS*) env > {o}.tmp && mv {o}.tmp {o}.env;; esac\n",
+            o = out.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let lf = pod.path(&format!("dhclient6-{tag}.leases"));
+    let pf = pod.path(&format!("dhclient6-{tag}.pid"));
+    let mut cmd = format!(
+        "for i in $(seq 100); do ip -6 addr show dev eth0 scope link -tentative | grep -q fe80 && break; sleep 0.1; done; \
+         exec dhclient -6 -d -v -D LL -sf {} -lf {} -pf {}",
+        script.display(),
+        lf.display(),
+        pf.display()
+    );
+    for e in extra {
+        cmd.push(' ');
+        cmd.push_str(e);
+    }
+    cmd.push_str(" eth0");
+    let mut child = guest
+        .exec_cmd(&["sh", "-c", &cmd])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(pod.path(&format!("dhclient6-{tag}.log"))).unwrap())
+        .spawn()
+        .expect("starting dhclient -6");
+    let env_path = pod.path(&format!("dhclient6-{tag}.env"));
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline && !env_path.exists() {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if let Ok(pid) = std::fs::read_to_string(&pf) {
+        let _ = Command::new("kill")
+            .arg(pid.trim())
+            .stderr(Stdio::null())
+            .status();
+    }
+    let text = std::fs::read_to_string(&env_path).ok()?;
+    Some(
+        text.lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+    )
+}
+
+fn dhclient6_log(pod: &Pod, tag: &str) -> String {
+    std::fs::read_to_string(pod.path(&format!("dhclient6-{tag}.log"))).unwrap_or_default()
+}
+
+/// Waits until the guest stand-in has an IPv6 default route (from our RA); returns `ip -6
+/// route` output.
+fn wait_ra_default_route(guest: &GuestNs) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = guest.exec_ok(&["ip", "-6", "route", "show"]);
+        if r.lines().any(|l| l.starts_with("default")) || Instant::now() > deadline {
+            return r;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The guest stand-in's IPv6 configuration from our servers alone: the RA gives the default
+/// route via the bridge's link-local address, the on-link prefix and the MTU; DHCPv6 gives
+/// fd10:0:2::2, DNS and the search list. Returns the dhclient environment.
+fn guest_v6_from_ra_and_dhcpv6(pod: &Pod, guest: &GuestNs, tag: &str) -> HashMap<String, String> {
+    let info = pod.sb.info();
+    // Solicit at once rather than waiting for a periodic RA.
+    let routes = wait_ra_default_route(guest);
+    assert!(
+        routes.contains("default via fe80::ff:fe00:0 dev eth0"),
+        "no default route from our RA:\n{routes}"
+    );
+    assert!(
+        routes.contains("fd10:0:2::/120 dev eth0"),
+        "no on-link prefix route from our RA:\n{routes}"
+    );
+    assert_eq!(
+        guest
+            .exec_ok(&["cat", "/proc/sys/net/ipv6/conf/eth0/mtu"])
+            .trim(),
+        info.mtu.to_string(),
+        "MTU option of the RA"
+    );
+    let env = dhclient6(pod, guest, tag, &[], 30)
+        .unwrap_or_else(|| panic!("dhclient -6 got no lease:\n{}", dhclient6_log(pod, tag)));
+    assert_eq!(
+        env.get("reason").map(String::as_str),
+        Some("BOUND6"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_ip6_address").map(String::as_str),
+        Some("fd10:0:2::2"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd00:10:96::a"),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_domain_search").map(String::as_str),
+        Some("default.svc.cluster.local. svc.cluster.local. cluster.local."),
+        "{env:?}"
+    );
+    assert_eq!(
+        env.get("new_dhcp6_server_id").map(String::as_str),
+        Some("0:3:0:1:2:0:0:0:0:0"),
+        "DUID-LL of 02:00:00:00:00:00: {env:?}"
+    );
+    env
 }
 
 /// busybox udhcpc in the guest; returns (success, env of the `bound` event).
@@ -755,9 +954,8 @@ fn end_to_end(style: Style) {
         format!("busybox ping -c 2 -W 3 {}", info.node_ip),
     ];
     if dual {
-        // IPv6 plumbing (static until the DHCPv6/RA servers are wired; see docs/masquerade.md).
-        cmds.push("ip -6 addr add fd10:0:2::2/120 dev eth0 nodad".into());
-        cmds.push("ip -6 route add default via fd10:0:2::1 dev eth0".into());
+        // IPv6 from our router advertisements and DHCPv6 server only (ISC dhclient -6).
+        guest_v6_from_ra_and_dhcpv6(&pod, &guest, "e2e");
         cmds.push(format!(
             "busybox ping -6 -c 2 -W 3 {}",
             info.node_ip6.as_deref().unwrap()
@@ -819,6 +1017,116 @@ fn calico_pod_masquerade_end_to_end_and_exact_restore() {
 #[test]
 fn dual_stack_pod_masquerade_end_to_end_and_exact_restore() {
     end_to_end(Style::Dual);
+}
+
+/// The DHCPv6 server and RA sender against real clients (ISC dhclient -6), no guest: a foreign
+/// MAC gets nothing (counted as `foreign_client`); the VM gets its address with a plain
+/// SOLICIT/REQUEST exchange and with Rapid Commit; an INFORMATION-REQUEST without IA_NA
+/// (KubeVirt crashed on it, #9843) gets DNS and search list, and the server keeps serving.
+#[test]
+fn dhcpv6_and_ra_serve_only_the_vm_with_real_clients() {
+    let pod = Pod::new(Style::Dual);
+    let vmi = pod.vmi(MASQ);
+    let served = Served::start(&pod, &vmi);
+    let mac = served.mac();
+    let r = &served.result["interfaces"][0];
+    assert_eq!(r["dhcp6"]["dhcp"]["client_ip"], "fd10:0:2::2", "{r}");
+    let br = pod
+        .sb
+        .exec_ok(&["ip", "-6", "addr", "show", "dev", "k6t-eth0"]);
+    assert!(br.contains("fe80::ff:fe00:0/64"), "{br}");
+
+    // Another MAC on the bridge: no lease.
+    let other = pod.sb.add_guest("k6t-eth0", "02:00:00:00:bb:02");
+    assert!(
+        dhclient6(&pod, &other, "foreign", &[], 8).is_none(),
+        "a foreign MAC got a DHCPv6 lease"
+    );
+    let _ = Command::new("ip")
+        .args(["-n", &pod.sb.name, "link", "del", "sbg1"])
+        .status();
+
+    let guest = pod.sb.add_guest("k6t-eth0", &mac);
+    // Stateless first: INFORMATION-REQUEST, no IA_NA.
+    let env = dhclient6(&pod, &guest, "info", &["-S"], 20).unwrap_or_else(|| {
+        panic!(
+            "no reply to INFORMATION-REQUEST:\n{}",
+            dhclient6_log(&pod, "info")
+        )
+    });
+    assert_eq!(
+        env.get("new_dhcp6_name_servers").map(String::as_str),
+        Some("fd00:10:96::a"),
+        "{env:?}"
+    );
+    assert!(!env.contains_key("new_ip6_address"), "{env:?}");
+    // Then the full exchange (the server is still up), RA included.
+    guest_v6_from_ra_and_dhcpv6(&pod, &guest, "full");
+    let log = dhclient6_log(&pod, "full");
+    assert!(
+        log.contains("Advertise"),
+        "SOLICIT → ADVERTISE expected:\n{log}"
+    );
+    // Rapid Commit: SOLICIT → REPLY, no ADVERTISE.
+    let cf = pod.path("dhclient6-rapid.conf");
+    std::fs::write(&cf, "send dhcp6.rapid-commit;\n").unwrap();
+    let cfs = format!("-cf {}", cf.display());
+    let env = dhclient6(&pod, &guest, "rapid", &[&cfs], 20).unwrap_or_else(|| {
+        panic!(
+            "no lease with Rapid Commit:\n{}",
+            dhclient6_log(&pod, "rapid")
+        )
+    });
+    assert_eq!(
+        env.get("new_ip6_address").map(String::as_str),
+        Some("fd10:0:2::2")
+    );
+    let log = dhclient6_log(&pod, "rapid");
+    assert!(
+        !log.contains("Advertise"),
+        "Rapid Commit must skip ADVERTISE:\n{log}"
+    );
+    // The guest reaches the node over IPv6 through the RA's default route and the NAT.
+    let o = guest.exec(&[
+        "busybox",
+        "ping",
+        "-6",
+        "-c",
+        "2",
+        "-W",
+        "3",
+        pod.sb.info().node_ip6.as_deref().unwrap(),
+    ]);
+    assert_ok(&o, "guest pinging the node over IPv6");
+
+    let _ = Command::new("ip")
+        .args(["-n", &pod.sb.name, "link", "del", "sbg2"])
+        .status();
+    let (code, logs) = served.terminate_with_logs();
+    assert_eq!(code, 0, "{logs:#?}");
+    let stopped = logs
+        .iter()
+        .find(|l| l.contains("router advertisements stopped"))
+        .unwrap_or_else(|| panic!("no DHCPv6 counters logged: {logs:#?}"));
+    let v: serde_json::Value = serde_json::from_str(stopped).expect("JSON log line");
+    let n = |k: &str| {
+        v[k].as_u64()
+            .unwrap_or_else(|| panic!("no counter {k}: {stopped}"))
+    };
+    assert!(
+        v["dropped_by_reason"]
+            .as_str()
+            .unwrap()
+            .contains("foreign_client="),
+        "the foreign client's requests are counted: {stopped}"
+    );
+    assert!(
+        n("ra_solicited") >= 1,
+        "router solicitations answered: {stopped}"
+    );
+    assert!(n("info_replies") >= 1, "{stopped}");
+    assert!(n("advertises") >= 1, "{stopped}");
+    assert!(n("replies") >= 2, "REQUEST and Rapid Commit: {stopped}");
 }
 
 /// What must be equal between two plumbed pods (the tap's random MAC aside; nft counters
@@ -1000,7 +1308,12 @@ fn ipv6_disabled_in_the_pod_ipv4_still_works() {
     let o = pod.run(&vmi, &["setup"], &[]);
     assert_ok(&o, "network setup with IPv6 disabled");
     let logs = String::from_utf8_lossy(&o.stderr);
-    assert!(logs.contains("IPv6 skipped"), "no skip log: {logs}");
+    assert_eq!(
+        logs.matches("IPv6 skipped").count(),
+        1,
+        "IPv6 must be logged as skipped exactly once: {logs}"
+    );
+    assert!(result_has_no_dhcp6(&o.stdout), "{logs}");
     let result: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(
         result["interfaces"][0]["guest_ips"],
@@ -1020,6 +1333,7 @@ fn ipv6_disabled_in_the_pod_ipv4_still_works() {
     let o = pod.run(&vmi, &["teardown"], &[]);
     assert_ok(&o, "teardown");
     let served = Served::start(&pod, &vmi);
+    assert!(served.result["interfaces"][0].get("dhcp6").is_none());
     let guest = pod.sb.add_guest("k6t-eth0", &served.mac());
     let (ok, env) = udhcpc(&pod, &guest, "v4only", 5);
     assert!(ok, "udhcpc got no lease (env {env:?})");
@@ -1036,9 +1350,26 @@ fn ipv6_disabled_in_the_pod_ipv4_still_works() {
     let _ = Command::new("ip")
         .args(["-n", &pod.sb.name, "link", "del", "sbg1"])
         .status();
-    assert_eq!(served.terminate(), 0);
+    let (code, logs) = served.terminate_with_logs();
+    assert_eq!(code, 0, "{logs:#?}");
+    assert_eq!(
+        logs.iter().filter(|l| l.contains("IPv6 skipped")).count(),
+        1,
+        "{logs:#?}"
+    );
+    assert!(
+        !logs
+            .iter()
+            .any(|l| l.contains("DHCPv6 server and router advertisements running")),
+        "no IPv6 server without IPv6: {logs:#?}"
+    );
     let after = pod.sb.snapshot();
     assert!(before == after, "{}", diff(&before, &after));
+}
+
+fn result_has_no_dhcp6(stdout: &[u8]) -> bool {
+    let v: serde_json::Value = serde_json::from_slice(stdout).unwrap();
+    v["interfaces"][0].get("dhcp6").is_none()
 }
 
 /// `nft` refusing the NAT: exit 3 with nft's own text, everything rolled back.
@@ -1099,7 +1430,98 @@ fn tail(p: &Path) -> String {
 /// SIGTERM powers it off and the pod is restored exactly.
 #[test]
 fn tcg_guest_on_masquerade_gets_dhcp_pings_the_node_and_is_reachable_on_listed_ports() {
-    let pod = Pod::new(Style::Flannel);
+    tcg_masquerade(
+        Style::Flannel,
+        "6a1c0de5-0000-4000-8000-0000000a5c01",
+        |info| format!("guest.ping={} guest.listen={LISTED}", info.node_ip),
+        |pod, info, text| {
+            let dhcp = support::marker_lines(text, "GUEST-DHCP ");
+            assert_eq!(dhcp.len(), 1, "one DHCP line expected:\n{text}");
+            let d = &dhcp[0];
+            assert!(d.contains("ip=10.0.2.2 "), "{d}");
+            assert!(d.contains("mask=24 "), "{d}");
+            assert!(d.contains("router=10.0.2.1 "), "{d}");
+            assert!(d.contains("dns=10.96.0.10"), "{d}");
+            assert!(d.contains(&format!("mtu={}", info.mtu)), "{d}");
+            assert!(
+                text.contains(&format!("GUEST-PING ip={} ok", info.node_ip)),
+                "the guest must ping the node:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("GUEST-LISTEN port={LISTED}")),
+                "{text}"
+            );
+            // Node → pod IP:listed port reaches the guest's listener; an unlisted port does not.
+            let (ok, out) = nc_send(node_nc(pod, &info.pod_ip, LISTED), "hi");
+            assert!(
+                ok && out.contains("HELLO-FROM-GUEST"),
+                "node → pod IP:{LISTED}: {out}"
+            );
+            let (ok, out) = nc_send(node_nc(pod, &info.pod_ip, UNLISTED), "hi");
+            assert!(!ok && !out.contains("HELLO-FROM-GUEST"), "unlisted: {out}");
+            // 127.0.0.1:listed port inside the pod reaches the guest.
+            let (ok, out) = nc_send(pod_nc(pod, "127.0.0.1", LISTED), "hi");
+            assert!(
+                ok && out.contains("HELLO-FROM-GUEST"),
+                "pod → 127.0.0.1:{LISTED}: {out}"
+            );
+        },
+    );
+}
+
+/// Issue 6 end to end over IPv6: a dual-stack pod, `launcher run` with the tiny guest running
+/// ISC `dhclient -6` (busybox has no DHCPv6 client). Our RA gives the guest its default route
+/// (via the bridge's link-local address) and our DHCPv6 server gives it fd10:0:2::2 with the
+/// pod's IPv6 DNS server; the guest then pings the node over IPv4 and IPv6.
+#[test]
+fn tcg_guest_on_dual_stack_masquerade_gets_ipv6_from_ra_and_dhcpv6_and_pings_the_node() {
+    tcg_masquerade(
+        Style::Dual,
+        "6a1c0de5-0000-4000-8000-0000000a5c06",
+        |info| {
+            format!(
+                "guest.dhcp6=1 guest.ping={},{}",
+                info.node_ip,
+                info.node_ip6.as_deref().unwrap()
+            )
+        },
+        |_pod, info, text| {
+            let d = support::marker_lines(text, "GUEST-DHCP ");
+            assert!(
+                d.len() == 1 && d[0].contains("ip=10.0.2.2 "),
+                "DHCPv4:\n{text}"
+            );
+            let d6 = support::marker_lines(text, "GUEST-DHCP6");
+            assert_eq!(d6.len(), 1, "one DHCPv6 line expected:\n{text}");
+            assert!(d6[0].contains("ip=fd10:0:2::2/"), "{text}");
+            assert!(d6[0].contains("dns=fd00:10:96::a"), "{text}");
+            let ip6 = support::marker_lines(text, "GUEST-IP6");
+            assert_eq!(ip6.len(), 1, "{text}");
+            assert!(ip6[0].contains("fd10:0:2::2"), "{text}");
+            assert!(
+                ip6[0].contains("defroute=fe80::ff:fe00:0"),
+                "the default route comes from our RA:\n{text}"
+            );
+            for ip in [info.node_ip.clone(), info.node_ip6.clone().unwrap()] {
+                assert!(
+                    text.contains(&format!("GUEST-PING ip={ip} ok")),
+                    "the guest must ping the node at {ip}:\n{text}"
+                );
+            }
+        },
+    );
+}
+
+/// Boots the tiny guest under `launcher run` (TCG) on a masquerade NIC (listed port
+/// {LISTED}) in a pod of `style`, waits for GUEST-READY, runs `check` on the serial log, then
+/// SIGTERM: exit 0 and the pod exactly as before.
+fn tcg_masquerade(
+    style: Style,
+    uid: &str,
+    args: impl FnOnce(&support::SandboxInfo) -> String,
+    check: impl FnOnce(&Pod, &support::SandboxInfo, &str),
+) {
+    let pod = Pod::new(style);
     let info = pod.sb.info().clone();
     let before = pod.sb.snapshot();
     let kb = pod.path("cdd/kernel-boot");
@@ -1107,7 +1529,7 @@ fn tcg_guest_on_masquerade_gets_dhcp_pings_the_node_and_is_reachable_on_listed_p
     let g = support::test_guest();
     std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
     std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
-    let uid = "6a1c0de5-0000-4000-8000-0000000a5c01";
+    let guest_args = args(&info);
     let vmi = pod.vmi(&format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -1119,7 +1541,7 @@ spec:
     memory: {{guest: 256Mi}}
     firmware:
       kernelBoot:
-        kernelArgs: "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests guest.ping={node} guest.listen={LISTED}"
+        kernelArgs: "{cmdline}"
         container:
           image: registry.example/test-guest:latest
           kernelPath: /boot/vmlinuz
@@ -1134,7 +1556,7 @@ spec:
     - name: default
       pod: {{}}
 "#,
-        node = info.node_ip
+        cmdline = support::guest_cmdline(&guest_args)
     ));
     let run_dir = pod.path("run");
     let log_path = pod.path("launcher.log");
@@ -1183,36 +1605,7 @@ spec:
         "GUEST-READY not on the serial console.\nserial:\n{text}\nlauncher log:\n{}",
         tail(&log_path)
     );
-    let dhcp = support::marker_lines(&text, "GUEST-DHCP");
-    assert_eq!(dhcp.len(), 1, "one DHCP line expected:\n{text}");
-    let d = &dhcp[0];
-    assert!(d.contains("ip=10.0.2.2 "), "{d}");
-    assert!(d.contains("mask=24 "), "{d}");
-    assert!(d.contains("router=10.0.2.1 "), "{d}");
-    assert!(d.contains("dns=10.96.0.10"), "{d}");
-    assert!(d.contains(&format!("mtu={}", info.mtu)), "{d}");
-    assert!(
-        text.contains(&format!("GUEST-PING ip={} ok", info.node_ip)),
-        "the guest must ping the node:\n{text}"
-    );
-    assert!(
-        text.contains(&format!("GUEST-LISTEN port={LISTED}")),
-        "{text}"
-    );
-    // Node → pod IP:listed port reaches the guest's listener; an unlisted port does not.
-    let (ok, out) = nc_send(node_nc(&pod, &info.pod_ip, LISTED), "hi");
-    assert!(
-        ok && out.contains("HELLO-FROM-GUEST"),
-        "node → pod IP:{LISTED}: {out}"
-    );
-    let (ok, out) = nc_send(node_nc(&pod, &info.pod_ip, UNLISTED), "hi");
-    assert!(!ok && !out.contains("HELLO-FROM-GUEST"), "unlisted: {out}");
-    // 127.0.0.1:listed port inside the pod reaches the guest.
-    let (ok, out) = nc_send(pod_nc(&pod, "127.0.0.1", LISTED), "hi");
-    assert!(
-        ok && out.contains("HELLO-FROM-GUEST"),
-        "pod → 127.0.0.1:{LISTED}: {out}"
-    );
+    check(&pod, &info, &text);
 
     // SIGTERM: ACPI power-off, teardown, exit 0, the pod as before.
     nix::sys::signal::kill(

@@ -12,8 +12,11 @@ use crate::error::{Classify, ExitKind};
 pub mod options;
 pub mod ra;
 pub mod server;
+pub mod server6;
 pub mod v4;
 pub mod v6;
+
+pub use server6::V6Setup;
 
 /// The lease time the network module should put into [`V4Config::lease_secs`]: infinite
 /// (0xffffffff, RFC 2131 §3.3). The address is the pod's own and cannot change while the pod
@@ -84,6 +87,14 @@ pub enum DhcpError {
         #[source]
         source: std::io::Error,
     },
+    /// The DHCPv6 or router-advertisement socket could not be set up.
+    #[error("DHCPv6/RA server for {interface:?}: {op}: {source}")]
+    Socket6 {
+        interface: String,
+        op: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -91,7 +102,7 @@ pub enum DhcpError {
 impl Classify for DhcpError {
     fn exit_kind(&self) -> ExitKind {
         match self {
-            DhcpError::Socket { .. } => ExitKind::Precondition,
+            DhcpError::Socket { .. } | DhcpError::Socket6 { .. } => ExitKind::Precondition,
             DhcpError::InvalidConfig { .. } | DhcpError::Other(_) => ExitKind::Internal,
         }
     }

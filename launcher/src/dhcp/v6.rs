@@ -243,6 +243,13 @@ impl Prepared6 {
 
     /// Answers one UDP payload received on port 547 from `src`.
     pub fn handle(&self, src: Ipv6Addr, packet: &[u8]) -> V6Outcome {
+        self.handle_from(src, None, packet)
+    }
+
+    /// [`Self::handle`], where `vm_ll` is another link-local address known to be the VM's
+    /// (learned from its router solicitations, whose source link-layer option carries its
+    /// MAC): a client whose DUID does not carry the MAC is also the VM when it sends from there.
+    pub fn handle_from(&self, src: Ipv6Addr, vm_ll: Option<Ipv6Addr>, packet: &[u8]) -> V6Outcome {
         if packet.len() < 4 {
             return V6Outcome::Drop(V6Drop::Truncated);
         }
@@ -276,7 +283,7 @@ impl Prepared6 {
         // Whose request is it?
         let ours = match client_id.and_then(duid_mac) {
             Some(mac) => mac == self.client_mac,
-            None => src == self.client_ll,
+            None => src == self.client_ll || Some(src) == vm_ll,
         };
         if !ours {
             return V6Outcome::Drop(V6Drop::ForeignClient);

@@ -430,11 +430,22 @@ async fn serve_until_signal(opts: &SetupOptions, result: NetResult) -> anyhow::R
             return Err(anyhow::Error::new(e).context("starting the DHCP servers"));
         }
     };
+    let servers6 = match crate::dhcp::server6::Dhcp6Servers::start(result.dhcp6_configs()).await {
+        Ok(s) => s,
+        Err(e) => {
+            servers.shutdown().await;
+            if let Err(t) = teardown(&opts.run_dir).await {
+                tracing::error!(error = %t, "teardown after a DHCPv6 start failure");
+            }
+            return Err(anyhow::Error::new(e).context("starting the DHCPv6 servers"));
+        }
+    };
     tracing::info!("serving DHCP until SIGTERM or SIGINT");
     tokio::select! {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
         _ = int.recv() => tracing::info!("SIGINT: shutting down"),
     }
+    servers6.shutdown().await;
     servers.shutdown().await;
     teardown(&opts.run_dir).await?;
     Ok(0)

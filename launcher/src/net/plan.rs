@@ -58,6 +58,14 @@ impl NetResult {
             .filter_map(|i| i.dhcp.clone())
             .collect()
     }
+
+    /// One DHCPv6 + router advertisement setup per interface that has one.
+    pub fn dhcp6_configs(&self) -> Vec<crate::dhcp::V6Setup> {
+        self.interfaces
+            .iter()
+            .filter_map(|i| i.dhcp6.clone())
+            .collect()
+    }
 }
 
 /// One VMI interface, plumbed.
@@ -86,6 +94,10 @@ pub struct IfaceResult {
     pub guest_ips: Vec<IpAddr>,
     /// The DHCPv4 server for this interface; `None` when L2 only (no IPv4 on the pod side).
     pub dhcp: Option<V4Config>,
+    /// The DHCPv6 server and router advertisements for this interface (masquerade on a pod
+    /// with IPv6); `None` otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dhcp6: Option<crate::dhcp::V6Setup>,
 }
 
 /// A link the engine acts on.

@@ -74,6 +74,7 @@ pub fn cmd_run(g: &GlobalArgs, a: &RunArgs) -> anyhow::Result<u8> {
 struct Acquired {
     net_plumbed: bool,
     dhcp: Option<crate::dhcp::server::Dhcp4Servers>,
+    dhcp6: Option<crate::dhcp::server6::Dhcp6Servers>,
     daemons: Vec<daemons::Supervised>,
     lv: Option<lifecycle::Libvirt>,
     domain_defined: Option<String>,
@@ -107,6 +108,9 @@ impl Acquired {
             forget_leftover_definition(&name);
         }
         if let Some(servers) = self.dhcp.take() {
+            servers.shutdown().await;
+        }
+        if let Some(servers) = self.dhcp6.take() {
             servers.shutdown().await;
         }
         if std::mem::take(&mut self.net_plumbed) {
@@ -258,6 +262,7 @@ async fn run(g: &GlobalArgs, a: &RunArgs, t0: Instant) -> anyhow::Result<u8> {
     let mut acq = Acquired {
         net_plumbed: false,
         dhcp: None,
+        dhcp6: None,
         daemons: Vec::new(),
         lv: None,
         domain_defined: None,
@@ -402,6 +407,11 @@ async fn bring_up(
         .collect();
 
     sw.phase(Phase::DhcpUp);
+    acq.dhcp6 = Some(
+        crate::dhcp::server6::Dhcp6Servers::start(net.dhcp6_configs())
+            .await
+            .map_err(|e| anyhow::Error::new(e).context("starting the DHCPv6 servers"))?,
+    );
     acq.dhcp = Some(
         crate::dhcp::server::Dhcp4Servers::start(net.dhcp_configs())
             .await
@@ -586,6 +596,7 @@ mod tests {
             queues,
             guest_ips: vec!["10.244.1.5".parse().unwrap()],
             dhcp: None,
+            dhcp6: None,
         }
     }
 

@@ -3,3 +3,4 @@
 pub mod libvirt;
 pub mod net;
 pub mod proc;
+pub mod v6;

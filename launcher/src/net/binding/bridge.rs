@@ -144,6 +144,7 @@ pub fn plan(ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
             queues,
             guest_ips: identity.iter().map(|a| a.address).collect(),
             dhcp,
+            dhcp6: None,
         },
     })
 }

@@ -182,6 +182,7 @@ pub fn plan_with(ctx: &IfaceCtx<'_>, stand_in: bool) -> Result<BindingPlan, NetE
             queues: 1,
             guest_ips: identity.iter().map(|a| a.address).collect(),
             dhcp,
+            dhcp6: None,
         },
     })
 }

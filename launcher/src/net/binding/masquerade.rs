@@ -12,12 +12,19 @@
 //! - the NAT ([`crate::net::nat`]): one atomic nftables transaction, applied last.
 //!
 //! The guest gets the 3rd address (`10.0.2.2`, `fd10:0:2::2`); DHCPv4 serves it with the
-//! gateway as router and server id. Without IPv6 in the pod (none on `eth0`, or IPv6 disabled)
-//! IPv6 is skipped with a log line and IPv4 works as usual. See `docs/masquerade.md`.
+//! gateway as router and server id. With IPv6, the bridge also holds the fixed link-local
+//! address `fe80::ff:fe00:0` (`nodad`), and the result carries a [`V6Setup`]: DHCPv6 serves
+//! `fd10:0:2::2` and router advertisements (from that link-local address) give the guest its
+//! default route, the on-link prefix and the MTU (`dhcp::server6`). Without IPv6 in the pod
+//! (none on `eth0`, or IPv6 disabled) IPv6 is skipped with one log line and IPv4 works as
+//! usual. See `docs/masquerade.md`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use super::{dhcp_config, guest_mac, queues, BindingPlan, IfaceCtx, LinkNames};
+use crate::dhcp::ra::RaConfig;
+use crate::dhcp::v6::V6Config;
+use crate::dhcp::V6Setup;
 use crate::net::discover::IfAddress;
 use crate::net::nat::{self, NatConfig, NatError, NatFamily, NatPort, NatPortRange};
 use crate::net::plan::{IfaceResult, LinkRef, Step};
@@ -30,6 +37,11 @@ pub const BRIDGE_MAC: Mac = Mac([0x02, 0, 0, 0, 0, 0]);
 pub const DEFAULT_V4_CIDR: &str = "10.0.2.0/24";
 /// `vmIPv6NetworkCIDR` when the VMI does not set it.
 pub const DEFAULT_V6_CIDR: &str = "fd10:0:2::/120";
+
+/// The bridge's link-local address: the EUI-64 one of [`BRIDGE_MAC`], `fe80::ff:fe00:0`.
+pub fn bridge_link_local() -> Ipv6Addr {
+    crate::dhcp::v6::eui64_link_local(&BRIDGE_MAC.0)
+}
 
 /// `IFA_F_NODAD`: the gateway's IPv6 address is usable at once (the bridge may have no
 /// carrier yet, and nobody else can hold the address on our private segment).
@@ -289,6 +301,15 @@ pub fn plan(ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
             flags: IFA_F_NODAD,
             broadcast: None,
         });
+        // The router's link-local address (the source of its RAs and DHCPv6 replies, and the
+        // guest's default gateway), fixed and DAD-free so that it is usable before the tap
+        // has carrier; the kernel would derive the same one from the bridge MAC later.
+        addresses.push(IfAddress {
+            address: bridge_link_local().into(),
+            prefix_len: 64,
+            flags: IFA_F_NODAD,
+            broadcast: None,
+        });
     }
 
     let mut steps = vec![Step::CreateBridge {
@@ -357,6 +378,25 @@ pub fn plan(ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
         }),
         None => None,
     };
+    let dhcp6 = v6.map(|n| V6Setup {
+        dhcp: V6Config {
+            interface: names.bridge.clone(),
+            server_mac: BRIDGE_MAC.0,
+            client_mac: mac.0,
+            client_ip: n.guest,
+            dns: ctx.pod.dns.nameservers_v6.clone(),
+            search: ctx.pod.dns.search.clone(),
+            lifetime_secs: crate::dhcp::v6::INFINITY,
+        },
+        ra: RaConfig {
+            router_mac: BRIDGE_MAC.0,
+            mtu,
+            prefix: Some((n.gateway, n.prefix_len)),
+            router_lifetime_secs: RaConfig::DEFAULT_ROUTER_LIFETIME,
+            dns: ctx.pod.dns.nameservers_v6.clone(),
+            search: ctx.pod.dns.search.clone(),
+        },
+    });
     let mut guest_ips: Vec<IpAddr> = Vec::new();
     if let Some(n) = v4 {
         guest_ips.push(n.guest.into());
@@ -379,6 +419,7 @@ pub fn plan(ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
             queues,
             guest_ips,
             dhcp,
+            dhcp6,
         },
     })
 }

@@ -121,6 +121,7 @@ pub fn plan_with_device(
             queues,
             guest_ips: identity.iter().map(|a| a.address).collect(),
             dhcp,
+            dhcp6: None,
         },
     })
 }
