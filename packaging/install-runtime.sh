@@ -47,16 +47,16 @@ if ((${#main[@]})); then
   apt_install "${main[@]}"
 fi
 
-# libvirt's QEMU driver refuses to start without this user, even when qemu runs as root
-# (Debian creates it only in libvirt-daemon-system, which a container does not want).
-# Its ids are pinned to Debian's fixed 64055 (libvirt-daemon-system's choice): the passt pod runs
-# as runAsUser/fsGroup 64055 (deploy/launcher-pod-passt.yaml), and the launcher's non-root mode
-# needs a user record for its uid.
+# libvirt's QEMU driver refuses to start without the libvirt-qemu user, even when qemu runs as
+# libvirtd's own uid. Debian's packages (measured in the smoke test's root filesystem) create it as
+# uid 64055 with a group libvirt-qemu of gid 64055; should they not, the same ids are pinned here,
+# because the passt pod runs as runAsUser/fsGroup 64055 (deploy/launcher-pod-passt.yaml) and the
+# launcher's non-root mode needs a user record for its uid. scripts/image-smoke.sh checks the ids.
 getent group libvirt-qemu >/dev/null 2>&1 || groupadd --system --gid 64055 libvirt-qemu
 id -u libvirt-qemu >/dev/null 2>&1 || useradd --system --uid 64055 --gid 64055 --no-create-home \
   --home-dir /var/lib/libvirt --shell /usr/sbin/nologin libvirt-qemu
 
-# In this image qemu runs as root (the launcher's qemu.conf: user = "root"). Debian ships
+# In the root pod qemu runs as libvirtd's own uid, root (the launcher's qemu.conf). Debian ships
 # /var/lib/libvirt/qemu owned by libvirt-qemu (0750); libvirtd would chown it to root at every
 # start, which needs CAP_CHOWN. Owning it here keeps that capability out of the pod.
 chown -R root:root /var/lib/libvirt/qemu

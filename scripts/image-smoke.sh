@@ -418,8 +418,8 @@ inner_prove() {
   check "no package lists in the image" bash -c "[ -z \"\$(find '$rootfs/var/lib/apt/lists' -type f 2>/dev/null)\" ]"
   check "no .deb files in the image" bash -c "[ -z \"\$(find '$rootfs/var/cache/apt' -name '*.deb' 2>/dev/null)\" ]"
   check "user libvirt-qemu exists" in_ct id libvirt-qemu
-  check "libvirt-qemu is uid/gid 64055 (the passt pod's runAsUser/fsGroup)" bash -c \
-    "[ \"\$(chroot '$CT' id -u libvirt-qemu):\$(chroot '$CT' id -g libvirt-qemu)\" = 64055:64055 ]"
+  check "libvirt-qemu is uid 64055 and group libvirt-qemu gid 64055 (the passt pod's runAsUser/fsGroup)" bash -c \
+    "[ \"\$(chroot '$CT' id -u libvirt-qemu):\$(chroot '$CT' getent group libvirt-qemu | cut -d: -f3)\" = 64055:64055 ]"
   check "every listed package is installed" bash -c "chroot '$CT' dpkg-query -W -f='\${Status} \${Package}\n' \
     \$(bash '$REPO/packaging/install-runtime.sh' --print bookworm-backports) \$(bash '$REPO/packaging/install-runtime.sh' --print bookworm) \
     | grep -v '^install ok installed' | grep . && exit 1 || exit 0"

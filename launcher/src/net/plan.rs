@@ -534,6 +534,7 @@ fn sriov_result(
         queues: 1,
         guest_ips: entry.map(|e| e.ips.clone()).unwrap_or_default(),
         dhcp: None,
+        dhcp6: None,
     })
 }
 

@@ -230,6 +230,7 @@ fn attach_existing(ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetError> {
             queues: 1,
             guest_ips: Vec::new(),
             dhcp: None,
+            dhcp6: None,
         },
     })
 }

@@ -75,6 +75,7 @@ pub fn plan(kind: &BindingKind, ctx: &IfaceCtx<'_>) -> Result<BindingPlan, NetEr
             queues: 1,
             guest_ips: pod.identity_addresses().map(|a| a.address).collect(),
             dhcp: None,
+            dhcp6: None,
         },
     })
 }
