@@ -9,7 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s (%s)\n' "$*" "$(date -u +%H:%M:%S)" >&2; }
+# Each step's line also says how much disk is free: CI machines can be small, and a full disk
+# shows up as a linker "Bus error" or a dpkg write error, far from its cause.
+step() { printf '\n==> %s (%s, %s free)\n' "$*" "$(date -u +%H:%M:%S)" "$(df -h --output=avail . | tail -n1 | tr -d ' ')" >&2; }
+
+# Incremental compilation state is useless in a one-shot run and was ~0.8 GB of target/.
+export CARGO_INCREMENTAL=${CARGO_INCREMENTAL:-0}
+# TEST_PRUNE=1 (set by .ci/run) deletes build products as soon as no later step needs them:
+# the fuzzers' release build after fuzzing, the test binaries before the image smoke test.
+PRUNE=${TEST_PRUNE:-0}
 
 if [[ $EUID -ne 0 ]]; then
   echo "scripts/test.sh must run as root: the network and VM tests need namespaces and /dev/net/tun" >&2
@@ -30,6 +38,9 @@ bash scripts/validate-manifests.sh
 
 step "fuzzing the guest-facing parsers (${FUZZ_SECONDS:-45} s per target)"
 bash scripts/fuzz.sh "${FUZZ_SECONDS:-45}"
+if [[ $PRUNE == 1 ]]; then
+  rm -rf fuzz/target
+fi
 
 step "cargo test (unit, golden, integration, end-to-end)"
 log=$(mktemp)
@@ -47,6 +58,10 @@ set -e
 # even after a cargo test failure. The root filesystem is cached outside the clone, keyed by a
 # hash of the package list, the packaging scripts and the runtime stage: about 2-3 min when
 # cached, 4-10 min when it must be built (a fresh machine, or one of those files changed).
+if [[ $PRUNE == 1 ]]; then
+  # The smoke test needs only target/debug/launcher (rebuilt below if this removes it).
+  find target/debug/deps -maxdepth 1 -type f -perm -u+x ! -name '*.*' -delete 2>/dev/null || true
+fi
 step "image smoke test (scripts/image-smoke.sh)"
 export IMAGE_SMOKE_CACHE=${IMAGE_SMOKE_CACHE:-/var/tmp/launcher-image-smoke}
 set +e
