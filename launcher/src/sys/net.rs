@@ -49,6 +49,15 @@ pub struct TapSpec<'a> {
 
 /// Builds an `ifreq` with the interface name and the tap flags.
 fn ifreq_for(name: &str, multi_queue: bool) -> Result<libc::ifreq, Errno> {
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
+    if multi_queue {
+        flags |= libc::IFF_MULTI_QUEUE;
+    }
+    ifreq_with_flags(name, flags)
+}
+
+/// Builds an `ifreq` with the interface name and exactly `flags`.
+fn ifreq_with_flags(name: &str, flags: libc::c_int) -> Result<libc::ifreq, Errno> {
     let bytes = name.as_bytes();
     if bytes.is_empty() || bytes.len() >= libc::IFNAMSIZ || bytes.contains(&0) {
         return Err(Errno::EINVAL);
@@ -58,10 +67,6 @@ fn ifreq_for(name: &str, multi_queue: bool) -> Result<libc::ifreq, Errno> {
     let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
     for (dst, src) in req.ifr_name.iter_mut().zip(bytes) {
         *dst = *src as libc::c_char;
-    }
-    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI | libc::IFF_VNET_HDR;
-    if multi_queue {
-        flags |= libc::IFF_MULTI_QUEUE;
     }
     req.ifr_ifru.ifru_flags = flags as libc::c_short;
     Ok(req)
@@ -106,6 +111,36 @@ pub fn delete_persistent_tap(name: &str, multi_queue: bool) -> Result<(), Errno>
     // SAFETY: `file` holds a valid tun descriptor attached to `name`; TUNSETPERSIST takes a
     // boolean int by value.
     unsafe { tunsetpersist(file.as_raw_fd(), 0) }?;
+    Ok(())
+}
+
+/// Opens a plain frame queue on the existing single-queue tap `name` in the calling thread's
+/// network namespace (`IFF_TAP | IFF_NO_PI`, no vnet header: one `read` is one Ethernet
+/// frame). Creates a non-persistent tap when none exists. Used by the binding benchmark's
+/// frame pump (`launcher/examples/tap_pump.rs`), which stands in for qemu.
+pub fn open_tap_queue(name: &str) -> Result<std::fs::File, Errno> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/net/tun")
+        .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    let req = ifreq_with_flags(name, libc::IFF_TAP | libc::IFF_NO_PI)?;
+    // SAFETY: the fd is an open /dev/net/tun descriptor owned by `file`, which outlives the
+    // call; `req` is a fully initialised ifreq that the kernel reads and may write the name
+    // back into (a local).
+    unsafe { tunsetiff(file.as_raw_fd(), &req) }?;
+    Ok(file)
+}
+
+/// Turns off the vnet header on an open macvtap character device (`/dev/tapN`), whose queues
+/// start with `IFF_VNET_HDR`: afterwards one `read` is one plain Ethernet frame.
+pub fn macvtap_plain_frames(file: &std::fs::File) -> Result<(), Errno> {
+    // macvtap ignores the name; it checks that the flags are IFF_TAP | IFF_NO_PI.
+    let req = ifreq_with_flags("macvtap", libc::IFF_TAP | libc::IFF_NO_PI)?;
+    // SAFETY: `file` is an open macvtap character device that outlives the call; `req` is a
+    // fully initialised ifreq that the kernel reads and may write the name back into (a
+    // local).
+    unsafe { tunsetiff(file.as_raw_fd(), &req) }?;
     Ok(())
 }
 
