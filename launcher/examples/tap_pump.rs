@@ -7,7 +7,12 @@
 //! device (or socket) path, plus one more tap in the guest namespace.
 //!
 //! usage: tap_pump (--tap NAME | --chardev /dev/tapN | --qemu-socket PATH)
-//!                 --guest-netns /run/netns/NS --guest-tap NAME
+//!                 --guest-netns /run/netns/NS --guest-tap NAME [--no-offload]
+//!
+//! With a tap or macvtap, both queues are opened with the vnet header and checksum/TSO
+//! offloads, as qemu does for a virtio-net guest, and frames (up to 64 KiB GSO frames) cross
+//! with their `virtio_net_hdr` unchanged; `--no-offload` pumps plain MTU-sized frames instead.
+//! passt's socket carries plain frames (passt gives the guest MTU 65520 instead).
 //!
 //! Run it in the pod's network namespace (for `--tap`). It prints `ready` on stdout when both
 //! sides are open, then pumps until killed. One thread per direction, blocking I/O, one frame
@@ -34,12 +39,14 @@ struct Args {
     kind: &'static str,
     guest_netns: String,
     guest_tap: String,
+    offload: bool,
 }
 
 fn parse() -> anyhow::Result<Args> {
     let mut pod = None;
     let mut guest_netns = None;
     let mut guest_tap = None;
+    let mut offload = true;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         let mut val = || it.next().with_context(|| format!("{a} needs a value"));
@@ -49,7 +56,8 @@ fn parse() -> anyhow::Result<Args> {
             "--qemu-socket" => pod = Some(("socket", val()?)),
             "--guest-netns" => guest_netns = Some(val()?),
             "--guest-tap" => guest_tap = Some(val()?),
-            _ => bail!("unknown argument {a}; usage: tap_pump (--tap NAME | --chardev /dev/tapN | --qemu-socket PATH) --guest-netns PATH --guest-tap NAME"),
+            "--no-offload" => offload = false,
+            _ => bail!("unknown argument {a}; usage: tap_pump (--tap NAME | --chardev /dev/tapN | --qemu-socket PATH) --guest-netns PATH --guest-tap NAME [--no-offload]"),
         }
     }
     let (kind, pod) = pod.context("give one of --tap, --chardev or --qemu-socket")?;
@@ -58,23 +66,35 @@ fn parse() -> anyhow::Result<Args> {
         kind,
         guest_netns: guest_netns.context("--guest-netns is required")?,
         guest_tap: guest_tap.context("--guest-tap is required")?,
+        offload,
     })
+}
+
+fn offload(f: &File, on: bool, what: &str) -> anyhow::Result<()> {
+    if on {
+        launcher::sys::net::set_tso_offload(f)
+            .with_context(|| format!("cannot set checksum/TSO offloads on {what}"))?;
+    }
+    Ok(())
 }
 
 fn open_pod_side(a: &Args) -> anyhow::Result<PodSide> {
     Ok(match a.kind {
-        "tap" => PodSide::Frames(
-            launcher::sys::net::open_tap_queue(&a.pod)
-                .with_context(|| format!("cannot attach to tap {}", a.pod))?,
-        ),
+        "tap" => {
+            let f = launcher::sys::net::open_tap_queue(&a.pod, a.offload)
+                .with_context(|| format!("cannot attach to tap {}", a.pod))?;
+            offload(&f, a.offload, &a.pod)?;
+            PodSide::Frames(f)
+        }
         "chardev" => {
             let f = std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .open(&a.pod)
                 .with_context(|| format!("cannot open {}", a.pod))?;
-            launcher::sys::net::macvtap_plain_frames(&f)
-                .with_context(|| format!("cannot turn off the vnet header on {}", a.pod))?;
+            launcher::sys::net::macvtap_set_vnet_hdr(&f, a.offload)
+                .with_context(|| format!("cannot set the vnet header on {}", a.pod))?;
+            offload(&f, a.offload, &a.pod)?;
             PodSide::Frames(f)
         }
         _ => PodSide::Stream(
@@ -107,8 +127,10 @@ fn run() -> anyhow::Result<()> {
     let ns = File::open(&a.guest_netns).with_context(|| format!("cannot open {}", a.guest_netns))?;
     setns(&ns, CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("cannot enter {}", a.guest_netns))?;
-    let guest = launcher::sys::net::open_tap_queue(&a.guest_tap)
+    let guest_offload = a.offload && matches!(pod, PodSide::Frames(_));
+    let guest = launcher::sys::net::open_tap_queue(&a.guest_tap, guest_offload)
         .with_context(|| format!("cannot attach to tap {} in {}", a.guest_tap, a.guest_netns))?;
+    offload(&guest, guest_offload, &a.guest_tap)?;
     let mut guest_w = guest.try_clone()?;
     println!("ready");
     std::io::stdout().flush()?;

@@ -10,6 +10,7 @@ const TUN_IOC_MAGIC: u8 = b'T';
 const TUNSETIFF_NR: u8 = 202;
 const TUNSETPERSIST_NR: u8 = 203;
 const TUNSETOWNER_NR: u8 = 204;
+const TUNSETOFFLOAD_NR: u8 = 208;
 
 nix::ioctl_write_ptr_bad!(
     tunsetiff,
@@ -34,6 +35,15 @@ nix::ioctl_write_int_bad!(
         TUN_IOC_MAGIC,
         TUNSETOWNER_NR,
         std::mem::size_of::<libc::c_int>()
+    )
+);
+
+nix::ioctl_write_int_bad!(
+    tunsetoffload,
+    nix::request_code_write!(
+        TUN_IOC_MAGIC,
+        TUNSETOFFLOAD_NR,
+        std::mem::size_of::<libc::c_uint>()
     )
 );
 
@@ -114,17 +124,22 @@ pub fn delete_persistent_tap(name: &str, multi_queue: bool) -> Result<(), Errno>
     Ok(())
 }
 
-/// Opens a plain frame queue on the existing single-queue tap `name` in the calling thread's
-/// network namespace (`IFF_TAP | IFF_NO_PI`, no vnet header: one `read` is one Ethernet
-/// frame). Creates a non-persistent tap when none exists. Used by the binding benchmark's
-/// frame pump (`launcher/examples/tap_pump.rs`), which stands in for qemu.
-pub fn open_tap_queue(name: &str) -> Result<std::fs::File, Errno> {
+/// Opens a queue on the existing single-queue tap `name` in the calling thread's network
+/// namespace (`IFF_TAP | IFF_NO_PI`, plus `IFF_VNET_HDR` when `vnet_hdr`: then every frame is
+/// preceded by a 10-byte `virtio_net_hdr`, as qemu sees it). Creates a non-persistent tap when
+/// none exists. Used by the binding benchmark's frame pump (`launcher/examples/tap_pump.rs`),
+/// which stands in for qemu.
+pub fn open_tap_queue(name: &str, vnet_hdr: bool) -> Result<std::fs::File, Errno> {
     let file = OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/net/tun")
         .map_err(|e| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
-    let req = ifreq_with_flags(name, libc::IFF_TAP | libc::IFF_NO_PI)?;
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
+    if vnet_hdr {
+        flags |= libc::IFF_VNET_HDR;
+    }
+    let req = ifreq_with_flags(name, flags)?;
     // SAFETY: the fd is an open /dev/net/tun descriptor owned by `file`, which outlives the
     // call; `req` is a fully initialised ifreq that the kernel reads and may write the name
     // back into (a local).
@@ -132,15 +147,32 @@ pub fn open_tap_queue(name: &str) -> Result<std::fs::File, Errno> {
     Ok(file)
 }
 
-/// Turns off the vnet header on an open macvtap character device (`/dev/tapN`), whose queues
-/// start with `IFF_VNET_HDR`: afterwards one `read` is one plain Ethernet frame.
-pub fn macvtap_plain_frames(file: &std::fs::File) -> Result<(), Errno> {
-    // macvtap ignores the name; it checks that the flags are IFF_TAP | IFF_NO_PI.
-    let req = ifreq_with_flags("macvtap", libc::IFF_TAP | libc::IFF_NO_PI)?;
+/// Sets whether an open macvtap character device (`/dev/tapN`, whose queues start with
+/// `IFF_VNET_HDR`) prefixes frames with a `virtio_net_hdr`.
+pub fn macvtap_set_vnet_hdr(file: &std::fs::File, vnet_hdr: bool) -> Result<(), Errno> {
+    let mut flags = libc::IFF_TAP | libc::IFF_NO_PI;
+    if vnet_hdr {
+        flags |= libc::IFF_VNET_HDR;
+    }
+    // macvtap ignores the name; it checks that the flags are IFF_TAP | IFF_NO_PI [| VNET_HDR].
+    let req = ifreq_with_flags("macvtap", flags)?;
     // SAFETY: `file` is an open macvtap character device that outlives the call; `req` is a
     // fully initialised ifreq that the kernel reads and may write the name back into (a
     // local).
     unsafe { tunsetiff(file.as_raw_fd(), &req) }?;
+    Ok(())
+}
+
+/// `TUNSETOFFLOAD` with checksum and TSO (IPv4, IPv6) offloads, as qemu sets them for a
+/// virtio-net guest: the queue then reads and writes GSO frames of up to 64 KiB, described by
+/// the `virtio_net_hdr`. Needs a queue opened with the vnet header; works on taps and macvtaps.
+pub fn set_tso_offload(file: &std::fs::File) -> Result<(), Errno> {
+    const TUN_F_CSUM: libc::c_int = 0x01;
+    const TUN_F_TSO4: libc::c_int = 0x02;
+    const TUN_F_TSO6: libc::c_int = 0x04;
+    // SAFETY: `file` is an open tun/macvtap queue that outlives the call; TUNSETOFFLOAD takes
+    // the flag word by value.
+    unsafe { tunsetoffload(file.as_raw_fd(), TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6) }?;
     Ok(())
 }
 
