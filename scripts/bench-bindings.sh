@@ -103,12 +103,12 @@ if [[ -c /dev/kvm ]]; then
   kernel=$(ls /boot/vmlinuz-* 2>/dev/null | tail -n1)
   # Nested KVM here opens /dev/kvm and creates VMs, but guests hang in early boot
   # (shared/NOTES.md): boot the kernel with no root disk and wait for it to get that far.
-  if [[ -n $kernel ]] && timeout 20 qemu-system-x86_64 -accel kvm -m 256 -nographic -no-reboot \
+  if [[ -n $kernel ]] && timeout 10 qemu-system-x86_64 -accel kvm -m 256 -nographic -no-reboot \
     -kernel "$kernel" -append "console=ttyS0 panic=-1" </dev/null 2>/dev/null |
     grep -q -m1 -e 'VFS: ' -e 'Kernel panic' -e 'Run /init'; then
     kvm_note="KVM works here, but the real-guest variant is not implemented yet (docs/bench-bindings.md)"
   else
-    kvm_note="skipped: /dev/kvm is present but a KVM guest did not boot within 20 s (nested KVM hangs on this machine)"
+    kvm_note="skipped: /dev/kvm is present but a KVM guest did not boot within 10 s (nested KVM hangs on this machine)"
   fi
 fi
 
@@ -136,7 +136,8 @@ p=$POD
     bash scripts/sandbox.sh destroy "$p" >/dev/null
   done
   plumb[$b]=$(median <"$work/plumb-$b")
-  awk -v b="$b" -v u="${plumb[$b]}" 'BEGIN { printf "  %-12s %8.2f ms\n", b, u/1000 }'
+  awk -v b="$b" -v u="${plumb[$b]}" -v br="${plumb[bridge]}" 'BEGIN {
+    printf "  %-12s %8.2f ms  %5.2fx bridge\n", b, u/1000, u/br }'
 done
 
 # --- 2. data path: build every configuration, then measure them round-robin --------------------
@@ -284,19 +285,20 @@ for c in "${configs[@]}"; do
 done
 
 echo
-printf '%-22s %10s %8s %12s %8s %10s %8s\n' "binding/path" "Gbit/s" "vs veth" "TCP RR p50" "vs br" "ping avg" "vs br"
+printf '%-20s %8s %8s %8s %12s %8s %10s %8s\n' "binding/path" "Gbit/s" "vs veth" "vs br" "TCP RR p50" "vs br" "ping avg" "vs br"
 for c in "${configs[@]}"; do
   path=${c#*/}
   ref=bridge/$path
   [[ $c == veth || $c == passt/* ]] && ref=bridge/kernel
   [[ $c == passt/* ]] && ref=bridge/tap
-  awk -v c="$c" -v g="${gbit[$c]}" -v v="${gbit[veth]}" -v rr="${rr_us[$c]}" -v rrb="${rr_us[$ref]}" \
-    -v pi="${ping_us[$c]}" -v pib="${ping_us[$ref]}" 'BEGIN {
+  awk -v c="$c" -v g="${gbit[$c]}" -v v="${gbit[veth]}" -v gb="${gbit[$ref]}" -v rr="${rr_us[$c]}" \
+    -v rrb="${rr_us[$ref]}" -v pi="${ping_us[$c]}" -v pib="${ping_us[$ref]}" 'BEGIN {
       pr = (pi == "nan") ? sprintf("%10s %8s", "-", "-") : sprintf("%7.0f us %7.2fx", pi, pi/pib)
-      printf "%-22s %10.2f %7.2fx %9.1f us %7.2fx %s\n", c, g, g/v, rr, rr/rrb, pr }'
+      printf "%-20s %8.2f %7.2fx %7.2fx %9.1f us %7.2fx %s\n", c, g, g/v, g/gb, rr, rr/rrb, pr }'
 done
 echo
-echo "ratios: throughput vs the bare veth; latency vs the bridge binding on the same path"
+echo "ratios: throughput vs the bare veth and vs the bridge binding on the same path; latency vs"
+echo "the bridge binding on the same path"
 echo "(veth vs bridge/kernel, passt vs bridge/tap). Targets (issue 7): macvtap and tc-redirect"
 echo "within 10 % of the bare veth's throughput (>= 0.90x) and <= 0.90x the bridge's latency."
 for b in macvtap tc-redirect; do
