@@ -124,7 +124,8 @@ fn frames_to(mut src: impl Read, mut dst: impl FnMut(&[u8]) -> std::io::Result<(
 fn run() -> anyhow::Result<()> {
     let a = parse()?;
     let pod = open_pod_side(&a)?;
-    let ns = File::open(&a.guest_netns).with_context(|| format!("cannot open {}", a.guest_netns))?;
+    let ns =
+        File::open(&a.guest_netns).with_context(|| format!("cannot open {}", a.guest_netns))?;
     setns(&ns, CloneFlags::CLONE_NEWNET)
         .with_context(|| format!("cannot enter {}", a.guest_netns))?;
     let guest_offload = a.offload && matches!(pod, PodSide::Frames(_));
