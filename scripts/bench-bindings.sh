@@ -21,7 +21,7 @@
 #   --quick      about a minute: 3 plumbing runs, 1 s iperf3, 1 repetition, fewer RR rounds
 #   LAUNCHER=path     launcher binary (default target/release/launcher, built if missing)
 #   EXAMPLES=dir      where tap_pump and tcp_rr are (default target/release/examples)
-# Needs root. Everything it creates (sandbox pods bb<pid><k>, their namespaces, processes and
+# Needs root. Everything it creates (sandbox pods bb<pid%1000><k>, their namespaces, processes and
 # run dirs) is removed on exit, also on Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -49,7 +49,9 @@ fi
 PUMP=$EXAMPLES/tap_pump
 RR=$EXAMPLES/tcp_rr
 
-tag=$(printf '%04d' $(($$ % 10000)))
+# Pod names bb<3 digits of the pid><k>: at most 8 characters (sandbox.sh), so k < 1000.
+((runs >= 1 && runs <= 150)) || { echo "$0: --runs must be 1..150" >&2; exit 2; }
+tag=$(printf '%03d' $(($$ % 1000)))
 work=$(mktemp -d /tmp/bench-bindings.XXXXXX)
 chmod 755 "$work"
 pods=()
@@ -264,10 +266,17 @@ done
 
 echo "measuring: $reps repetition(s) of iperf3 (${secs} s), tcp_rr ($rr_count round trips) and ping ($ping_count), every configuration in turn"
 declare -A gbit rr_us ping_us
+# Warm-up (not recorded), then each repetition starts one configuration later than the
+# previous one, so no binding is always measured first after the set-up.
+omit=()
+((secs >= 3)) && omit=(-O 1) # full runs leave TCP slow start out of the figure
+ip netns exec "${pod_of[veth]}-node" iperf3 -c "${target[veth]}" -p 5201 -t 1 >/dev/null 2>&1 || true
+n=${#configs[@]}
 for ((r = 1; r <= reps; r++)); do
-  for c in "${configs[@]}"; do
+  for ((j = 0; j < n; j++)); do
+    c=${configs[$(((j + r - 1) % n))]}
     p=${pod_of[$c]} ip=${target[$c]}
-    ip netns exec "$p-node" iperf3 -c "$ip" -p 5201 -t "$secs" -J 2>/dev/null |
+    ip netns exec "$p-node" iperf3 -c "$ip" -p 5201 -t "$secs" "${omit[@]}" -J 2>/dev/null |
       jq -r '.end.sum_received.bits_per_second / 1e9' >>"$work/gbit-${c//\//_}"
     ip netns exec "$p-node" "$RR" client "$ip:5202" --count "$rr_count" |
       sed -E 's/.*p50_us=([0-9.]+).*/\1/' >>"$work/rr-${c//\//_}"
