@@ -31,6 +31,8 @@ step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
+# --all-targets includes launcher/examples/ (tap_pump, tcp_rr of scripts/bench-bindings.sh), so
+# the benchmark's helpers are compiled and linted on every run without a test of their own.
 cargo clippy --all-targets --locked -- -D warnings
 
 step "Kubernetes manifests (deploy/) against the OpenAPI schema"
