@@ -7,7 +7,6 @@
 //!   dhclient, isolation of DHCP, exact restoration after SIGTERM, and crash convergence with
 //!   `LAUNCHER_FAULT_AFTER_STEP` (test-only). They panic when not run as root.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -22,6 +21,8 @@ use launcher::net::{NetError, NetPlan};
 mod dhcp_client;
 #[path = "support/golden.rs"]
 mod golden;
+#[path = "support/serve.rs"]
+mod serve;
 
 // ------------------------------------------------------------------------------------------
 // Fixtures: discovered pods as a CNI leaves them.
@@ -527,30 +528,8 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting launcher network setup --serve");
-        let (tx, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        // The NetResult JSON comes first on stdout (pretty-printed, ends with a lone "}").
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap_or(0) == 0 {
-                let logs: Vec<String> = logs.try_iter().collect();
-                panic!("launcher exited before printing its result: {logs:#?}");
-            }
-            text.push_str(&line);
-            if line == "}\n" {
-                break;
-            }
-        }
-        let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let logs = serve::stderr_lines(&mut child);
+        let result = serve::read_result(&mut child, &logs, Duration::ZERO);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match logs.recv_timeout(Duration::from_millis(200)) {
@@ -580,32 +559,13 @@ impl Served {
 
     /// SIGTERM; returns the exit code.
     fn terminate(mut self) -> i32 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                let logs: Vec<String> = self.logs.try_iter().collect();
-                if st.code() != Some(0) {
-                    eprintln!("launcher logs: {logs:#?}");
-                }
-                return st.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "launcher ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        serve::terminate(&mut self.child, &self.logs)
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        serve::kill_unless_exited(&mut self.child);
     }
 }
 

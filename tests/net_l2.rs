@@ -13,7 +13,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -527,15 +526,7 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting launcher network setup --serve");
-        let (tx, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let logs = support::serve::stderr_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
         loop {
@@ -554,32 +545,13 @@ impl Served {
     }
 
     fn terminate(mut self) -> i32 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                if st.code() != Some(0) {
-                    let logs: Vec<String> = self.logs.try_iter().collect();
-                    eprintln!("launcher logs: {logs:#?}");
-                }
-                return st.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "launcher ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        support::serve::terminate(&mut self.child, &self.logs)
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        support::serve::kill_unless_exited(&mut self.child);
     }
 }
 

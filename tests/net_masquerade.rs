@@ -14,7 +14,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -485,30 +484,8 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting launcher network setup --serve");
-        let (tx, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap_or(0) == 0 {
-                std::thread::sleep(Duration::from_millis(200));
-                let logs: Vec<String> = logs.try_iter().collect();
-                panic!("launcher exited before printing its result: {logs:#?}");
-            }
-            text.push_str(&line);
-            if line == "}\n" {
-                break;
-            }
-        }
-        let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let logs = support::serve::stderr_lines(&mut child);
+        let result = support::serve::read_result(&mut child, &logs, Duration::from_millis(200));
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut early = Vec::new();
         loop {
@@ -559,32 +536,13 @@ impl Served {
 
     /// SIGTERM; returns the exit code.
     fn terminate(mut self) -> i32 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                if st.code() != Some(0) {
-                    let logs: Vec<String> = self.logs.try_iter().collect();
-                    eprintln!("launcher logs: {logs:#?}");
-                }
-                return st.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "launcher ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        support::serve::terminate(&mut self.child, &self.logs)
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        support::serve::kill_unless_exited(&mut self.child);
     }
 }
 

@@ -23,6 +23,7 @@
 pub mod dhcp_client;
 pub mod golden;
 pub mod run;
+pub mod serve;
 
 use std::fmt;
 use std::fs;
