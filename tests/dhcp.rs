@@ -16,7 +16,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::AsFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -25,6 +25,9 @@ use std::time::{Duration, Instant};
 use dhcproto::v4::{DhcpOption, Flags, Message, MessageType, OptionCode};
 use dhcproto::{Decodable, Decoder, Encodable, Encoder};
 use launcher::dhcp::{V4Config, V4Route};
+
+#[path = "support/dhcp_client.rs"]
+mod dhcp_client;
 
 const VM_MAC: [u8; 6] = [0x02, 0x00, 0x00, 0x00, 0xaa, 0x01];
 const VM_MAC_STR: &str = "02:00:00:00:aa:01";
@@ -341,42 +344,20 @@ impl Drop for Server {
     }
 }
 
-/// Parses `KEY=value` lines (values may be quoted by dhclient's `set` output).
-fn env_file(p: &Path) -> std::collections::HashMap<String, String> {
-    let text = std::fs::read_to_string(p).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
-}
-
-fn write_script(t: &Topo, name: &str, body: &str) -> PathBuf {
-    use std::os::unix::fs::PermissionsExt;
-    let p = t.path(name);
-    std::fs::write(&p, body).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p
-}
-
 /// The udhcpc command line (its script writes `udhcpc.<event>.env` into the test dir).
 fn udhcpc_command(t: &Topo, tries: u32, timeout: u32) -> Command {
-    let out = t.path("udhcpc");
-    let script = write_script(
-        t,
-        "udhcpc.sh",
-        &format!("#!/bin/sh\nenv > {}.$1.env\n", out.display()),
-    );
+    let script = dhcp_client::udhcpc_script(t.dir.path(), "udhcpc");
     let mut cmd = Command::new("ip");
-    cmd.args([
-        "netns", "exec", &t.client, "busybox", "udhcpc", "-f", "-q", "-n",
-    ])
-    .args(["-t", &tries.to_string(), "-T", &timeout.to_string()])
-    .args(["-i", "eth0", "-s"])
-    .arg(&script)
-    .args(["-O", "search", "-O", "staticroutes", "-O", "mtu"])
-    .args(["-O", "hostname", "-O", "domain"])
-    .stdout(Stdio::null())
-    .stderr(Stdio::null());
+    cmd.args(["netns", "exec", &t.client])
+        .args(dhcp_client::udhcpc_args(
+            tries,
+            timeout,
+            "eth0",
+            &script,
+            dhcp_client::UDHCPC_ALL_OPTIONS,
+        ))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
     cmd
 }
 
@@ -385,57 +366,17 @@ fn udhcpc(t: &Topo, tries: u32, timeout: u32) -> (bool, std::collections::HashMa
     let status = udhcpc_command(t, tries, timeout)
         .status()
         .expect("running busybox udhcpc");
-    (status.success(), env_file(&t.path("udhcpc.bound.env")))
+    (
+        status.success(),
+        dhcp_client::udhcpc_bound(t.dir.path(), "udhcpc"),
+    )
 }
 
 /// Runs ISC dhclient in the foreground until its script saw BOUND (or the timeout).
 fn dhclient(t: &Topo, secs: u64) -> Option<std::collections::HashMap<String, String>> {
-    let conf = t.path("dhclient.conf");
-    std::fs::write(
-        &conf,
-        "option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;\n\
-         request subnet-mask, broadcast-address, routers, domain-name, domain-name-servers,\n\
-         domain-search, host-name, interface-mtu, rfc3442-classless-static-routes;\n",
-    )
-    .unwrap();
-    let envs = t.path("dhclient");
-    let script = write_script(
-        t,
-        "dhclient.sh",
-        &format!("#!/bin/sh\nenv > {}.$reason.env\n", envs.display()),
-    );
-    let mut child = Command::new("ip")
-        .args(["netns", "exec", &t.client, "dhclient", "-d", "-1", "-v"])
-        .arg("-cf")
-        .arg(&conf)
-        .arg("-lf")
-        .arg(t.path("dhclient.leases"))
-        .arg("-pf")
-        .arg(t.path("dhclient.pid"))
-        .arg("-sf")
-        .arg(&script)
-        .arg("eth0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running dhclient");
-    let bound = t.path("dhclient.BOUND.env");
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let mut result = None;
-    while Instant::now() < deadline {
-        if bound.exists() {
-            std::thread::sleep(Duration::from_millis(100));
-            result = Some(env_file(&bound));
-            break;
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+    let mut ns = Command::new("ip");
+    ns.args(["netns", "exec", &t.client]);
+    dhcp_client::dhclient(ns, t.dir.path(), secs)
 }
 
 /// Runs `f` on a thread inside network namespace `ns`.
@@ -773,24 +714,16 @@ fn two_servers_in_one_process_one_per_interface() {
     second.routes = vec![];
     let mut srv = Server::start(&t, &[config(Style::Flannel), second]);
     let (ok1, env1) = udhcpc(&t, 5, 2);
-    let out = t.path("second");
-    let script = write_script(
-        &t,
-        "second.sh",
-        &format!("#!/bin/sh\nenv > {}.$1.env\n", out.display()),
-    );
+    let script = dhcp_client::udhcpc_script(t.dir.path(), "second");
     let ok2 = Command::new("ip")
-        .args([
-            "netns", "exec", &c2, "busybox", "udhcpc", "-f", "-q", "-n", "-t", "5", "-T", "2",
-        ])
-        .args(["-i", "eth0", "-s"])
-        .arg(&script)
+        .args(["netns", "exec", &c2])
+        .args(dhcp_client::udhcpc_args(5, 2, "eth0", &script, &[]))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .unwrap()
         .success();
-    let env2 = env_file(&t.path("second.bound.env"));
+    let env2 = dhcp_client::udhcpc_bound(t.dir.path(), "second");
     let log = srv.stop();
     assert!(ok1 && ok2, "server log:\n{log}");
     assert_eq!(env1.get("ip").map(String::as_str), Some("10.244.1.5"));

@@ -15,13 +15,13 @@
 
 mod support;
 
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{line_diff, require_root, tc_snapshot, test_guest, Sandbox, Style, UdpWitness};
+use support::run::{tail, KillOnDrop};
+use support::{line_diff, require_root, tc_snapshot, Sandbox, Style, UdpWitness};
 
 static GUEST_LOCK: Mutex<()> = Mutex::new(());
 
@@ -50,21 +50,14 @@ impl Case {
     ) -> Case {
         require_root();
         let sb = Sandbox::create(style);
-        let dir = tempfile::Builder::new()
-            .prefix(&format!("l2-e2e-{}-", sb.name))
-            .tempdir()
-            .expect("temp dir");
-        let kb = dir.path().join("cdd/kernel-boot");
-        std::fs::create_dir_all(&kb).unwrap();
-        let g = test_guest();
-        std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
-        std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
+        let dir = support::run::case_dir(&format!("l2-e2e-{}-", sb.name), true);
         let ping = if more_ping.is_empty() {
             sb.info().node_ip.clone()
         } else {
             format!("{},{more_ping}", sb.info().node_ip)
         };
         let args = support::guest_cmdline(&format!("guest.ping={ping} guest.listen={PORT}"));
+        let kb = support::run::kernel_boot_yaml(&args);
         let vmi = format!(
             r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -74,17 +67,7 @@ spec:
   domain:
     cpu: {{cores: 1}}
     memory: {{guest: 256Mi}}
-    firmware:
-      kernelBoot:
-        kernelArgs: "{args}"
-        container:
-          image: registry.example/test-guest:latest
-          kernelPath: /boot/vmlinuz
-          initrdPath: /boot/initrd.img
-    devices:
-      autoattachGraphicsDevice: false
-      interfaces:
-        - {{name: default, {iface}}}{more_ifaces}
+{kb}        - {{name: default, {iface}}}{more_ifaces}
   networks:
     - name: default
       pod: {{}}{more_nets}
@@ -115,78 +98,12 @@ spec:
     }
 
     fn spawn_run(&self) -> Child {
-        let bin = support::launcher_bin();
-        let (vmi, rd, cdd, term) = (
-            self.path("vmi.yaml"),
-            self.path("run"),
-            self.path("cdd"),
-            self.path("termination-log"),
-        );
-        self.sb
-            .exec_cmd(&[
-                bin.to_str().unwrap(),
-                "run",
-                "--vmi",
-                vmi.to_str().unwrap(),
-                "--run-dir",
-                rd.to_str().unwrap(),
-                "--container-disk-dir",
-                cdd.to_str().unwrap(),
-                "--accel",
-                "tcg",
-                "--termination-log",
-                term.to_str().unwrap(),
-                "--log-format",
-                "json",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(self.log()).unwrap())
-            .spawn()
-            .expect("spawning launcher run")
+        let cmd = support::run::run_cmd(&self.sb, self.dir.path(), &[], &[]);
+        support::run::spawn_logged(cmd, &self.log())
     }
 
     fn serial(&self) -> PathBuf {
-        self.path("run").join(self.uid).join("virt-serial0-log")
-    }
-
-    /// Live processes in the pod's network namespace.
-    fn pod_processes(&self) -> Vec<(i32, String)> {
-        let ns = std::fs::metadata(format!("/run/netns/{}", self.sb.info().pod_netns))
-            .expect("pod netns")
-            .ino();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            if m.ino() == ns && !stat.contains(") Z ") {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                out.push((pid, comm.trim().to_string()));
-            }
-        }
-        out
-    }
-}
-
-fn tail(p: &Path) -> String {
-    let t = std::fs::read_to_string(p).unwrap_or_default();
-    let lines: Vec<&str> = t.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
-struct KillOnDrop(Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if self.0.try_wait().ok().flatten().is_none() {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
+        support::run::serial_log(&self.path("run"), self.uid)
     }
 }
 
@@ -292,29 +209,11 @@ fn run_case(case: &Case, binding: &str, check_plumbing: impl Fn(&Case)) {
     );
 
     // SIGTERM: ACPI power-off, teardown, exit 0.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(run.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let st = loop {
-        if let Some(st) = run.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{binding}: launcher did not exit after SIGTERM; log:\n{}",
-            tail(&case.log())
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "{binding}: exit after SIGTERM; termination log: {}\nlauncher log:\n{}",
-        std::fs::read_to_string(case.path("termination-log")).unwrap_or_default(),
-        tail(&case.log())
+    support::run::sigterm_expect_exit_0(
+        &mut run.0,
+        &format!("{binding}: "),
+        &case.path("termination-log"),
+        &case.log(),
     );
     let serial = std::fs::read_to_string(case.serial()).unwrap_or_default();
     assert!(
@@ -323,13 +222,7 @@ fn run_case(case: &Case, binding: &str, check_plumbing: impl Fn(&Case)) {
     );
 
     // Nothing is left: processes, links, addresses, routes, MACs, nft, sysctls, tc.
-    let deadline = Instant::now() + Duration::from_secs(5);
-    let mut procs = case.pod_processes();
-    while !procs.is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(200));
-        procs = case.pod_processes();
-    }
-    assert!(procs.is_empty(), "processes left in the pod: {procs:?}");
+    support::run::assert_no_pod_processes(&case.sb);
     let after = case.sb.snapshot();
     assert!(
         before == after,

@@ -16,11 +16,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use support::{require_root, test_guest, Sandbox, Style};
+use support::run::tail;
+use support::{require_root, Sandbox, Style};
 
 static GUEST_LOCK: Mutex<()> = Mutex::new(());
 
@@ -37,15 +38,7 @@ impl Case {
         require_root();
         let pod = Sandbox::create(Style::Flannel);
         let sec = pod.add_secondary(ifname, "flannel", Some("10.245.1.0/24"));
-        let dir = tempfile::Builder::new()
-            .prefix("multus-e2e-")
-            .tempdir()
-            .expect("temp dir");
-        let kb = dir.path().join("cdd/kernel-boot");
-        std::fs::create_dir_all(&kb).unwrap();
-        let g = test_guest();
-        std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
-        std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
+        let dir = support::run::case_dir("multus-e2e-", true);
         (Case { pod, dir }, sec)
     }
 
@@ -69,23 +62,13 @@ spec:
     cpu: {{cores: 1}}
     memory: {{guest: 256Mi}}
     resources: {{requests: {{memory: 256Mi}}}}
-    firmware:
-      kernelBoot:
-        kernelArgs: "{args}"
-        container:
-          image: registry.example/test-guest:latest
-          kernelPath: /boot/vmlinuz
-          initrdPath: /boot/initrd.img
-    devices:
-      autoattachGraphicsDevice: false
-      interfaces:
-        - {{name: default, bridge: {{}}, macAddress: "02:00:00:00:a1:01"}}
+{kb}        - {{name: default, bridge: {{}}, macAddress: "02:00:00:00:a1:01"}}
         - {{name: blue, bridge: {{}}, macAddress: "02:00:00:00:a1:02"}}
 {extra_ifaces}  networks:
     - {{name: default, pod: {{}}}}
     - {{name: blue, multus: {{networkName: blue-net}}}}
 {extra_nets}"#,
-            args = support::guest_cmdline(kernel_args),
+            kb = support::run::kernel_boot_yaml(&support::guest_cmdline(kernel_args)),
         );
         std::fs::write(self.path("vmi.yaml"), vmi).unwrap();
     }
@@ -96,38 +79,8 @@ spec:
 
     /// `launcher run` inside the pod, with `extra` arguments (e.g. --network-status).
     fn spawn(&self, extra: &[&str]) -> Child {
-        let log = std::fs::File::create(self.log()).unwrap();
-        let bin = support::launcher_bin();
-        let (vmi, rd, cdd, term) = (
-            self.path("vmi.yaml"),
-            self.path("run"),
-            self.path("cdd"),
-            self.path("termination-log"),
-        );
-        let mut args: Vec<&str> = vec![
-            bin.to_str().unwrap(),
-            "run",
-            "--vmi",
-            vmi.to_str().unwrap(),
-            "--run-dir",
-            rd.to_str().unwrap(),
-            "--container-disk-dir",
-            cdd.to_str().unwrap(),
-            "--accel",
-            "tcg",
-            "--termination-log",
-            term.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ];
-        args.extend_from_slice(extra);
-        self.pod
-            .exec_cmd(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning launcher run")
+        let cmd = support::run::run_cmd(&self.pod, self.dir.path(), &[], extra);
+        support::run::spawn_logged(cmd, &self.log())
     }
 
     fn serial(&self) -> String {
@@ -140,28 +93,8 @@ spec:
     }
 }
 
-fn tail(p: &Path) -> String {
-    let t = std::fs::read_to_string(p).unwrap_or_default();
-    let lines: Vec<&str> = t.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 fn wait_exit(child: &mut Child, timeout: Duration, log: &Path) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "launcher did not exit within {timeout:?}; its log:\n{}",
-                tail(log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::run::wait_exit(child, timeout, "", log, Duration::from_millis(100))
 }
 
 /// Boots the guest with the pod network and `blue` on `ifname`, plus, when `more` is set, two

@@ -7,7 +7,6 @@
 //!   dhclient, isolation of DHCP, exact restoration after SIGTERM, and crash convergence with
 //!   `LAUNCHER_FAULT_AFTER_STEP` (test-only). They panic when not run as root.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -17,6 +16,13 @@ use std::time::{Duration, Instant};
 use launcher::net::discover::DiscoveredPod;
 use launcher::net::plan::{link_local_for, plan, PlanOptions};
 use launcher::net::{NetError, NetPlan};
+
+#[path = "support/dhcp_client.rs"]
+mod dhcp_client;
+#[path = "support/golden.rs"]
+mod golden;
+#[path = "support/serve.rs"]
+mod serve;
 
 // ------------------------------------------------------------------------------------------
 // Fixtures: discovered pods as a CNI leaves them.
@@ -114,25 +120,7 @@ spec:
 ";
 
 fn golden(case: &str, p: &NetPlan) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/golden/net")
-        .join(format!("{case}.json"));
-    let text = serde_json::to_string_pretty(p).unwrap() + "\n";
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; generate it with UPDATE_GOLDEN=1 cargo test --test net_bridge golden",
-            path.display()
-        )
-    });
-    assert!(
-        want == text,
-        "plan for {case} differs from {}; if intended, regenerate with UPDATE_GOLDEN=1 and review `git diff`\n--- got ---\n{text}",
-        path.display()
-    );
+    golden::net_plan(&format!("{case}.json"), case, p, "net_bridge");
 }
 
 fn opts() -> PlanOptions {
@@ -540,30 +528,8 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting launcher network setup --serve");
-        let (tx, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        // The NetResult JSON comes first on stdout (pretty-printed, ends with a lone "}").
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap_or(0) == 0 {
-                let logs: Vec<String> = logs.try_iter().collect();
-                panic!("launcher exited before printing its result: {logs:#?}");
-            }
-            text.push_str(&line);
-            if line == "}\n" {
-                break;
-            }
-        }
-        let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let logs = serve::stderr_lines(&mut child);
+        let result = serve::read_result(&mut child, &logs, Duration::ZERO);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             match logs.recv_timeout(Duration::from_millis(200)) {
@@ -593,49 +559,14 @@ impl Served {
 
     /// SIGTERM; returns the exit code.
     fn terminate(mut self) -> i32 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                let logs: Vec<String> = self.logs.try_iter().collect();
-                if st.code() != Some(0) {
-                    eprintln!("launcher logs: {logs:#?}");
-                }
-                return st.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "launcher ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        serve::terminate(&mut self.child, &self.logs)
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        serve::kill_unless_exited(&mut self.child);
     }
-}
-
-fn env_file(p: &Path) -> std::collections::HashMap<String, String> {
-    let text = std::fs::read_to_string(p).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect()
-}
-
-fn script(sb: &Sandbox, name: &str, body: &str) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let p = sb.path(name);
-    std::fs::write(&p, body).unwrap();
-    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
-    p.display().to_string()
 }
 
 /// busybox udhcpc in `ns` (`exec` = run via `sandbox.sh exec`, else `node`) on `ifname`;
@@ -648,95 +579,23 @@ fn udhcpc(
     tag: &str,
     tries: u32,
 ) -> (bool, std::collections::HashMap<String, String>) {
-    let out = sb.path(&format!("udhcpc-{tag}"));
-    let s = script(
-        sb,
-        &format!("udhcpc-{tag}.sh"),
-        &format!("#!/bin/sh\nenv > {}.$1.env\n", out.display()),
-    );
-    let tries = tries.to_string();
-    let o = sh(&[
-        how,
-        ns,
-        "--",
-        "busybox",
-        "udhcpc",
-        "-f",
-        "-q",
-        "-n",
-        "-t",
-        &tries,
-        "-T",
-        "1",
-        "-i",
-        ifname,
-        "-s",
-        &s,
-        "-O",
-        "search",
-        "-O",
-        "staticroutes",
-        "-O",
-        "mtu",
-        "-O",
-        "hostname",
-        "-O",
-        "domain",
-    ]);
+    let tag = format!("udhcpc-{tag}");
+    let script = dhcp_client::udhcpc_script(sb.dir.path(), &tag);
+    let args = dhcp_client::udhcpc_args(tries, 1, ifname, &script, dhcp_client::UDHCPC_ALL_OPTIONS);
+    let mut full = vec![how, ns, "--"];
+    full.extend(args.iter().map(String::as_str));
+    let o = sh(&full);
     (
         o.status.success(),
-        env_file(&sb.path(&format!("udhcpc-{tag}.bound.env"))),
+        dhcp_client::udhcpc_bound(sb.dir.path(), &tag),
     )
 }
 
 /// ISC dhclient (one attempt, foreground) in the guest; the env of its BOUND event.
 fn dhclient(sb: &Sandbox, ns: &str) -> Option<std::collections::HashMap<String, String>> {
-    let conf = sb.path("dhclient.conf");
-    std::fs::write(
-        &conf,
-        "option rfc3442-classless-static-routes code 121 = array of unsigned integer 8;\n\
-         request subnet-mask, broadcast-address, routers, domain-name, domain-name-servers,\n\
-         domain-search, host-name, interface-mtu, rfc3442-classless-static-routes;\n",
-    )
-    .unwrap();
-    let envs = sb.path("dhclient");
-    let s = script(
-        sb,
-        "dhclient.sh",
-        &format!("#!/bin/sh\nenv > {}.$reason.env\n", envs.display()),
-    );
-    let mut child = Command::new("bash")
-        .arg(sandbox_sh())
-        .args(["exec", ns, "--", "dhclient", "-d", "-1", "-v", "-cf"])
-        .arg(&conf)
-        .arg("-lf")
-        .arg(sb.path("dhclient.leases"))
-        .arg("-pf")
-        .arg(sb.path("dhclient.pid"))
-        .arg("-sf")
-        .arg(&s)
-        .arg("eth0")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("running dhclient");
-    let bound = sb.path("dhclient.BOUND.env");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut result = None;
-    while Instant::now() < deadline {
-        if bound.exists() {
-            std::thread::sleep(Duration::from_millis(100));
-            result = Some(env_file(&bound));
-            break;
-        }
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-    result
+    let mut exec = Command::new("bash");
+    exec.arg(sandbox_sh()).args(["exec", ns, "--"]);
+    dhcp_client::dhclient(exec, sb.dir.path(), 20)
 }
 
 fn assert_ok(o: &std::process::Output, what: &str) {

@@ -13,7 +13,6 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -85,25 +84,7 @@ fn vmi(yaml: &str) -> launcher::spec::Vmi {
 }
 
 fn golden(case: &str, p: &NetPlan) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/golden/net")
-        .join(format!("{case}.json"));
-    let text = serde_json::to_string_pretty(p).unwrap() + "\n";
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; generate it with UPDATE_GOLDEN=1 cargo test --test net_l2 golden",
-            path.display()
-        )
-    });
-    assert!(
-        want == text,
-        "plan for {case} differs from {}; if intended, regenerate with UPDATE_GOLDEN=1 and review `git diff`\n--- got ---\n{text}",
-        path.display()
-    );
+    support::golden::net_plan(&format!("{case}.json"), case, p, "net_l2");
 }
 
 fn tc_plan(eth0: serde_json::Value) -> NetPlan {
@@ -545,15 +526,7 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting launcher network setup --serve");
-        let (tx, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
+        let logs = support::serve::stderr_lines(&mut child);
         let deadline = Instant::now() + Duration::from_secs(30);
         let mut seen = Vec::new();
         loop {
@@ -572,32 +545,13 @@ impl Served {
     }
 
     fn terminate(mut self) -> i32 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                if st.code() != Some(0) {
-                    let logs: Vec<String> = self.logs.try_iter().collect();
-                    eprintln!("launcher logs: {logs:#?}");
-                }
-                return st.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "launcher ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        support::serve::terminate(&mut self.child, &self.logs)
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        support::serve::kill_unless_exited(&mut self.child);
     }
 }
 
@@ -614,32 +568,23 @@ fn udhcpc_on(
     tag: &str,
     tries: u32,
 ) -> Option<std::collections::HashMap<String, String>> {
-    use std::os::unix::fs::PermissionsExt;
-    let out = dir.join(tag);
-    let script = dir.join(format!("{tag}.sh"));
-    std::fs::write(
-        &script,
-        format!("#!/bin/sh\nenv > {}.$1.env\n", out.display()),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let script = support::dhcp_client::udhcpc_script(dir, tag);
     let o = Command::new("ip")
-        .args(["netns", "exec", ns, "busybox", "udhcpc", "-f", "-q", "-n"])
-        .args(["-t", &tries.to_string(), "-T", "1", "-i", iface, "-s"])
-        .arg(&script)
-        .args(["-O", "staticroutes", "-O", "mtu"])
+        .args(["netns", "exec", ns])
+        .args(support::dhcp_client::udhcpc_args(
+            tries,
+            1,
+            iface,
+            &script,
+            &["staticroutes", "mtu"],
+        ))
         .output()
         .unwrap();
     if !o.status.success() {
         return None;
     }
     let text = std::fs::read_to_string(dir.join(format!("{tag}.bound.env"))).ok()?;
-    Some(
-        text.lines()
-            .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-            .collect(),
-    )
+    Some(support::dhcp_client::parse_env(&text))
 }
 
 /// A MAC that is neither the pod's nor the guest's.

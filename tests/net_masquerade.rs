@@ -14,7 +14,6 @@
 mod support;
 
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
@@ -100,24 +99,11 @@ fn with_iface(extra: &str) -> String {
 }
 
 fn golden(case: &str, p: &NetPlan) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/golden/net")
-        .join(format!("masquerade-{case}.json"));
-    let text = serde_json::to_string_pretty(p).unwrap() + "\n";
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; generate it with UPDATE_GOLDEN=1 cargo test --test net_masquerade golden",
-            path.display()
-        )
-    });
-    assert!(
-        want == text,
-        "plan for {case} differs from {}; if intended, regenerate with UPDATE_GOLDEN=1 and review `git diff`\n--- got ---\n{text}",
-        path.display()
+    support::golden::net_plan(
+        &format!("masquerade-{case}.json"),
+        case,
+        p,
+        "net_masquerade",
     );
 }
 
@@ -498,30 +484,8 @@ impl Served {
             .stderr(Stdio::piped())
             .spawn()
             .expect("starting launcher network setup --serve");
-        let (tx, logs) = mpsc::channel();
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut stdout = BufReader::new(child.stdout.take().unwrap());
-        let mut text = String::new();
-        loop {
-            let mut line = String::new();
-            if stdout.read_line(&mut line).unwrap_or(0) == 0 {
-                std::thread::sleep(Duration::from_millis(200));
-                let logs: Vec<String> = logs.try_iter().collect();
-                panic!("launcher exited before printing its result: {logs:#?}");
-            }
-            text.push_str(&line);
-            if line == "}\n" {
-                break;
-            }
-        }
-        let result: serde_json::Value = serde_json::from_str(&text).unwrap();
+        let logs = support::serve::stderr_lines(&mut child);
+        let result = support::serve::read_result(&mut child, &logs, Duration::from_millis(200));
         let deadline = Instant::now() + Duration::from_secs(20);
         let mut early = Vec::new();
         loop {
@@ -572,32 +536,13 @@ impl Served {
 
     /// SIGTERM; returns the exit code.
     fn terminate(mut self) -> i32 {
-        nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Some(st) = self.child.try_wait().unwrap() {
-                if st.code() != Some(0) {
-                    let logs: Vec<String> = self.logs.try_iter().collect();
-                    eprintln!("launcher logs: {logs:#?}");
-                }
-                return st.code().unwrap_or(-1);
-            }
-            assert!(Instant::now() < deadline, "launcher ignored SIGTERM");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        support::serve::terminate(&mut self.child, &self.logs)
     }
 }
 
 impl Drop for Served {
     fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        support::serve::kill_unless_exited(&mut self.child);
     }
 }
 
@@ -743,29 +688,21 @@ fn guest_v6_from_ra_and_dhcpv6(pod: &Pod, guest: &GuestNs, tag: &str) -> HashMap
 
 /// busybox udhcpc in the guest; returns (success, env of the `bound` event).
 fn udhcpc(pod: &Pod, guest: &GuestNs, tag: &str, tries: u32) -> (bool, HashMap<String, String>) {
-    use std::os::unix::fs::PermissionsExt;
-    let out = pod.path(&format!("udhcpc-{tag}"));
-    let script = pod.path(&format!("udhcpc-{tag}.sh"));
-    std::fs::write(
+    let tag = format!("udhcpc-{tag}");
+    let script = support::dhcp_client::udhcpc_script(pod.dir.path(), &tag);
+    let args = support::dhcp_client::udhcpc_args(
+        tries,
+        1,
+        "eth0",
         &script,
-        format!("#!/bin/sh\nenv > {}.$1.env\n", out.display()),
+        &["search", "mtu", "hostname", "domain"],
+    );
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = guest.exec(&args);
+    (
+        o.status.success(),
+        support::dhcp_client::udhcpc_bound(pod.dir.path(), &tag),
     )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let tries = tries.to_string();
-    let s = script.display().to_string();
-    let o = guest.exec(&[
-        "busybox", "udhcpc", "-f", "-q", "-n", "-t", &tries, "-T", "1", "-i", "eth0", "-s", &s,
-        "-O", "search", "-O", "mtu", "-O", "hostname", "-O", "domain",
-    ]);
-    let env_path = pod.path(&format!("udhcpc-{tag}.bound.env"));
-    let text = std::fs::read_to_string(env_path).unwrap_or_default();
-    let env = text
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
-        .collect();
-    (o.status.success(), env)
 }
 
 /// A one-shot busybox nc listener in the guest; `received()` waits for it to end.
@@ -1524,13 +1461,9 @@ fn tcg_masquerade(
     let pod = Pod::new(style);
     let info = pod.sb.info().clone();
     let before = pod.sb.snapshot();
-    let kb = pod.path("cdd/kernel-boot");
-    std::fs::create_dir_all(&kb).unwrap();
-    let g = support::test_guest();
-    std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
-    std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
+    support::run::fill_kernel_boot(pod.dir.path(), true);
     let guest_args = args(&info);
-    let vmi = pod.vmi(&format!(
+    pod.vmi(&format!(
         r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
 metadata: {{name: masq-e2e, namespace: default, uid: {uid}}}
@@ -1539,54 +1472,22 @@ spec:
   domain:
     cpu: {{cores: 1}}
     memory: {{guest: 256Mi}}
-    firmware:
-      kernelBoot:
-        kernelArgs: "{cmdline}"
-        container:
-          image: registry.example/test-guest:latest
-          kernelPath: /boot/vmlinuz
-          initrdPath: /boot/initrd.img
-    devices:
-      autoattachGraphicsDevice: false
-      interfaces:
-        - name: default
+{kb}        - name: default
           masquerade: {{}}
           ports: [{{port: {LISTED}}}]
   networks:
     - name: default
       pod: {{}}
 "#,
-        cmdline = support::guest_cmdline(&guest_args)
+        kb = support::run::kernel_boot_yaml(&support::guest_cmdline(&guest_args))
     ));
     let run_dir = pod.path("run");
     let log_path = pod.path("launcher.log");
     let term = pod.path("termination-log");
-    let cdd = pod.path("cdd");
-    let bin = env!("CARGO_BIN_EXE_launcher");
-    let args = [
-        bin,
-        "run",
-        "--vmi",
-        &vmi,
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-        "--container-disk-dir",
-        cdd.to_str().unwrap(),
-        "--accel",
-        "tcg",
-        "--termination-log",
-        term.to_str().unwrap(),
-        "--log-format",
-        "json",
-    ];
-    let mut child = pod
-        .sb
-        .exec_cmd(&args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("spawning launcher run");
+    let mut child = support::run::spawn_logged(
+        support::run::run_cmd(&pod.sb, pod.dir.path(), &[], &[]),
+        &log_path,
+    );
     struct Kill<'a>(&'a mut Child);
     impl Drop for Kill<'_> {
         fn drop(&mut self) {
@@ -1608,30 +1509,7 @@ spec:
     check(&pod, &info, &text);
 
     // SIGTERM: ACPI power-off, teardown, exit 0, the pod as before.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(guard.0.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(40);
-    let st = loop {
-        if let Some(st) = guard.0.try_wait().unwrap() {
-            break st;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "launcher did not exit after SIGTERM; log:\n{}",
-            tail(&log_path)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    assert_eq!(
-        st.code(),
-        Some(0),
-        "exit after SIGTERM; termination log: {}\nlauncher log:\n{}",
-        std::fs::read_to_string(&term).unwrap_or_default(),
-        tail(&log_path)
-    );
+    support::run::sigterm_expect_exit_0(guard.0, "", &term, &log_path);
     drop(guard);
     // Processes (libvirtd, qemu) need a moment to be gone before the snapshot is comparable.
     std::thread::sleep(Duration::from_millis(500));

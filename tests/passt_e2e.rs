@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use launcher::net::discover::DiscoveredPod;
 use launcher::net::plan::{plan, PlanOptions};
 use launcher::net::NetPlan;
-use support::{require_root, test_guest, wait_for_text, Sandbox, Style};
+use support::run::tail;
+use support::{require_root, wait_for_text, Sandbox, Style};
 
 // ------------------------------------------------------------------------------------------
 // Golden plans.
@@ -72,25 +73,7 @@ spec:
 }
 
 fn golden(case: &str, p: &NetPlan) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("../tests/golden/net")
-        .join(format!("{case}.json"));
-    let text = serde_json::to_string_pretty(p).unwrap() + "\n";
-    if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(&path, &text).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "{}: {e}; generate it with UPDATE_GOLDEN=1 cargo test --test passt_e2e golden",
-            path.display()
-        )
-    });
-    assert!(
-        want == text,
-        "plan for {case} differs from {}; if intended, regenerate with UPDATE_GOLDEN=1 and review `git diff`\n--- got ---\n{text}",
-        path.display()
-    );
+    support::golden::net_plan(&format!("{case}.json"), case, p, "passt_e2e");
 }
 
 #[test]
@@ -169,36 +152,9 @@ fn chown(p: &Path, uid: u32) {
     support::run_ok(Command::new("chown").arg(format!("{uid}:{uid}")).arg(p));
 }
 
-fn tail(p: &Path) -> String {
-    let t = std::fs::read_to_string(p).unwrap_or_default();
-    let lines: Vec<&str> = t.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 /// Live processes in the pod's network namespace: (pid, comm).
 fn pod_processes(pod: &Sandbox) -> Vec<(i32, String)> {
-    let ns = std::fs::metadata(format!("/run/netns/{}", pod.info().pod_netns))
-        .expect("pod netns")
-        .ino();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-            continue;
-        };
-        let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        if m.ino() != ns {
-            continue;
-        }
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if stat.contains(") Z ") {
-            continue;
-        }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        out.push((pid, comm.trim().to_string()));
-    }
-    out
+    support::run::pod_processes(pod)
 }
 
 /// (real uid, [CapInh, CapPrm, CapEff, CapBnd, CapAmb]) of a process.
@@ -222,21 +178,13 @@ fn creds(pid: i32) -> (u32, Vec<(String, u64)>) {
 }
 
 fn wait_exit(child: &mut Child, timeout: Duration, log: &Path) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "launcher did not exit within {timeout:?} of SIGTERM; its log:\n{}",
-                tail(log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::run::wait_exit(
+        child,
+        timeout,
+        " of SIGTERM",
+        log,
+        Duration::from_millis(100),
+    )
 }
 
 /// Kills the launcher if the test fails half-way (the sandbox's destroy removes the rest).
@@ -262,17 +210,9 @@ struct Files {
 }
 
 fn files(info: &support::SandboxInfo, uid: u32) -> Files {
-    let dir = tempfile::Builder::new()
-        .prefix("passt-e2e-")
-        .tempdir()
-        .expect("temp dir");
+    let dir = support::run::case_dir("passt-e2e-", true);
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let cdd = dir.path().join("cdd");
-    let kb = cdd.join("kernel-boot");
-    std::fs::create_dir_all(&kb).unwrap();
-    let g = test_guest();
-    std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
-    std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
     let run_dir = dir.path().join("run");
     std::fs::create_dir(&run_dir).unwrap();
     chown(&run_dir, uid);
@@ -296,17 +236,7 @@ spec:
       cores: 1
     memory:
       guest: 256Mi
-    firmware:
-      kernelBoot:
-        kernelArgs: "{}"
-        container:
-          image: registry.example/test-guest:latest
-          kernelPath: /boot/vmlinuz
-          initrdPath: /boot/initrd.img
-    devices:
-      autoattachGraphicsDevice: false
-      interfaces:
-        - name: default
+{kb}        - name: default
           passt: {{}}
           ports:
             - port: {PORT}
@@ -314,7 +244,10 @@ spec:
     - name: default
       pod: {{}}
 "#,
-            support::guest_cmdline(&format!("guest.ping={} guest.listen={PORT}", info.node_ip))
+            kb = support::run::kernel_boot_yaml(&support::guest_cmdline(&format!(
+                "guest.ping={} guest.listen={PORT}",
+                info.node_ip
+            )))
         ),
     )
     .unwrap();
@@ -451,51 +384,11 @@ fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_droppe
     ]);
     let before = pod.snapshot();
     let Files {
-        dir,
-        run_dir,
-        term,
-        vmi,
-        cdd,
+        dir, run_dir, term, ..
     } = files(&info, uid);
 
     let log_path = dir.path().join("launcher.log");
-    let bin = support::launcher_bin();
-    let uid_s = uid.to_string();
-    let args: Vec<&str> = vec![
-        "setpriv",
-        "--reuid",
-        &uid_s,
-        "--regid",
-        &uid_s,
-        "--clear-groups",
-        "--inh-caps=-all",
-        "--ambient-caps=-all",
-        "--bounding-set=-all",
-        "--no-new-privs",
-        "--",
-        bin.to_str().unwrap(),
-        "run",
-        "--vmi",
-        vmi.to_str().unwrap(),
-        "--run-dir",
-        run_dir.to_str().unwrap(),
-        "--container-disk-dir",
-        cdd.to_str().unwrap(),
-        "--accel",
-        "tcg",
-        "--termination-log",
-        term.to_str().unwrap(),
-        "--log-format",
-        "json",
-    ];
-    let child = pod
-        .exec_cmd(&args)
-        .env_remove("HOME")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .expect("spawning launcher run");
+    let child = spawn_non_root(&pod, dir.path(), uid, &log_path);
     let mut launcher = KillOnDrop(Some(child));
     let pid = launcher.0.as_ref().unwrap().id() as i32;
 
@@ -626,10 +519,9 @@ fn passt_guest_reaches_the_node_and_a_port_forwards_with_every_capability_droppe
 }
 
 /// `launcher run` in the pod as `uid` with every capability dropped (as in the test above).
-fn spawn_non_root(pod: &Sandbox, f: &Files, uid: u32, log: &Path) -> Child {
-    let bin = support::launcher_bin();
+fn spawn_non_root(pod: &Sandbox, dir: &Path, uid: u32, log: &Path) -> Child {
     let uid_s = uid.to_string();
-    pod.exec_cmd(&[
+    let wrap = [
         "setpriv",
         "--reuid",
         &uid_s,
@@ -641,27 +533,10 @@ fn spawn_non_root(pod: &Sandbox, f: &Files, uid: u32, log: &Path) -> Child {
         "--bounding-set=-all",
         "--no-new-privs",
         "--",
-        bin.to_str().unwrap(),
-        "run",
-        "--vmi",
-        f.vmi.to_str().unwrap(),
-        "--run-dir",
-        f.run_dir.to_str().unwrap(),
-        "--container-disk-dir",
-        f.cdd.to_str().unwrap(),
-        "--accel",
-        "tcg",
-        "--termination-log",
-        f.term.to_str().unwrap(),
-        "--log-format",
-        "json",
-    ])
-    .env_remove("HOME")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(std::fs::File::create(log).unwrap())
-    .spawn()
-    .expect("spawning launcher run")
+    ];
+    let mut cmd = support::run::run_cmd(pod, dir, &wrap, &[]);
+    cmd.env_remove("HOME");
+    support::run::spawn_logged(cmd, log)
 }
 
 /// What the guest's listener answers on `<pod IP>:PORT`, connecting from the node (retried).
@@ -728,7 +603,7 @@ fn non_root_mode_restarts_a_killed_libvirtd_and_a_rerun_after_sigkill_cleans_up(
     let before = pod.snapshot();
     let f = files(pod.info(), uid);
     let log1 = f.dir.path().join("launcher-1.log");
-    let mut first = KillOnDrop(Some(spawn_non_root(&pod, &f, uid, &log1)));
+    let mut first = KillOnDrop(Some(spawn_non_root(&pod, f.dir.path(), uid, &log1)));
     wait_ready(&f, 1, &log1);
     let qemu = pids_named(&pod, "qemu");
     assert_eq!(qemu.len(), 1, "{:?}", pod_processes(&pod));
@@ -761,7 +636,7 @@ fn non_root_mode_restarts_a_killed_libvirtd_and_a_rerun_after_sigkill_cleans_up(
     c.wait().unwrap();
     first.0 = None;
     let log2 = f.dir.path().join("launcher-2.log");
-    let mut second = KillOnDrop(Some(spawn_non_root(&pod, &f, uid, &log2)));
+    let mut second = KillOnDrop(Some(spawn_non_root(&pod, f.dir.path(), uid, &log2)));
     wait_ready(&f, 2, &log2);
     let qemu2 = pids_named(&pod, "qemu");
     assert_eq!(

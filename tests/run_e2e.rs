@@ -8,13 +8,13 @@
 
 mod support;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{require_root, test_guest, wait_for_text, Sandbox, Style};
+use support::run::{alive, children, comm, kill, tail};
+use support::{require_root, wait_for_text, Sandbox, Style};
 
 /// One TCG guest at a time.
 static GUEST_LOCK: Mutex<()> = Mutex::new(());
@@ -38,17 +38,10 @@ impl Case {
         require_root();
         let pod = Sandbox::create(Style::Flannel);
         let extra_args = extra_args(pod.info());
-        let dir = tempfile::Builder::new()
-            .prefix("run-e2e-")
-            .tempdir()
-            .expect("temp dir");
-        let kb = dir.path().join("cdd/kernel-boot");
-        std::fs::create_dir_all(&kb).unwrap();
-        let g = test_guest();
-        if with_kernel {
-            std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
-        }
-        std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
+        let dir = support::run::case_dir("run-e2e-", with_kernel);
+        let kb = support::run::kernel_boot_yaml(&format!(
+            "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests {extra_args}"
+        ));
         let vmi = format!(
             r#"apiVersion: kubevirt.io/v1
 kind: VirtualMachineInstance
@@ -66,17 +59,7 @@ spec:
     resources:
       requests:
         memory: 256Mi
-    firmware:
-      kernelBoot:
-        kernelArgs: "console=ttyS0 quiet panic=-1 no_timer_check noapictimer cryptomgr.notests {extra_args}"
-        container:
-          image: registry.example/test-guest:latest
-          kernelPath: /boot/vmlinuz
-          initrdPath: /boot/initrd.img
-    devices:
-      autoattachGraphicsDevice: false
-      interfaces:
-        - name: default
+{kb}        - name: default
           bridge: {{}}
           macAddress: "02:00:00:00:e2:01"
   networks:
@@ -108,46 +91,16 @@ spec:
     /// Starts `launcher run` in the pod (its pid is the launcher's: sandbox.sh execs nsenter,
     /// which execs the launcher). Logs go to launcher-<n>.log.
     fn spawn(&self, n: u32) -> Child {
-        let log = std::fs::File::create(self.stderr_log(n)).unwrap();
-        let run_dir = self.run_dir();
-        let cdd = self.path("cdd");
-        let vmi = self.path("vmi.yaml");
-        let term = self.path("termination-log");
-        let bin = support::launcher_bin();
-        let args: Vec<&str> = vec![
-            bin.to_str().unwrap(),
-            "run",
-            "--vmi",
-            vmi.to_str().unwrap(),
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-            "--container-disk-dir",
-            cdd.to_str().unwrap(),
-            "--accel",
-            "tcg",
-            "--termination-log",
-            term.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ];
-        self.pod
-            .exec_cmd(&args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning launcher run")
+        let cmd = support::run::run_cmd(&self.pod, self.dir.path(), &[], &[]);
+        support::run::spawn_logged(cmd, &self.stderr_log(n))
     }
 
     fn status(&self) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.run_dir().join("status.json"))
-            .expect("reading status.json");
-        serde_json::from_str(&text).expect("status.json is JSON")
+        support::run::status(&self.run_dir())
     }
 
     fn serial_log(&self) -> PathBuf {
-        self.run_dir()
-            .join("6a1c0de5-0000-4000-8000-00000000e2e0/virt-serial0-log")
+        support::run::serial_log(&self.run_dir(), "6a1c0de5-0000-4000-8000-00000000e2e0")
     }
 
     /// Waits for a serial marker; panics with the serial log and the launcher's log otherwise.
@@ -165,14 +118,7 @@ spec:
 
     /// `launcher status` in the pod: (exit code, stdout).
     fn launcher_status(&self) -> (i32, String) {
-        let bin = support::launcher_bin();
-        let rd = self.run_dir();
-        let out = self.pod.exec(&[
-            bin.to_str().unwrap(),
-            "status",
-            "--run-dir",
-            rd.to_str().unwrap(),
-        ]);
+        let out = support::run::launcher_status(&self.pod, &self.run_dir());
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -199,38 +145,11 @@ spec:
 
     /// Processes in the pod (same network namespace as the pod's pinned netns).
     fn pod_processes(&self) -> Vec<(i32, String)> {
-        let ns = std::fs::metadata(format!("/run/netns/{}", self.pod.info().pod_netns))
-            .expect("pod netns")
-            .ino();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-                continue;
-            };
-            if m.ino() == ns {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                // Zombies already exited; only live processes count.
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-                if !stat.contains(") Z ") {
-                    out.push((pid, comm.trim().to_string()));
-                }
-            }
-        }
-        out
+        support::run::pod_processes(&self.pod)
     }
 
     fn assert_clean(&self) {
-        // Give orphans a moment to be reaped by the kernel/parents.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut procs = self.pod_processes();
-        while !procs.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            procs = self.pod_processes();
-        }
-        assert!(procs.is_empty(), "processes left in the pod: {procs:?}");
+        support::run::assert_no_pod_processes(&self.pod);
         let after = self.pod.snapshot();
         assert_eq!(
             self.before, after,
@@ -239,83 +158,31 @@ spec:
     }
 }
 
-fn tail(p: &Path) -> String {
-    let t = std::fs::read_to_string(p).unwrap_or_default();
-    let lines: Vec<&str> = t.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
-}
-
 fn wait_exit(child: &mut Child, timeout: Duration, what: &str, log: &Path) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "launcher did not exit within {timeout:?} ({what}); its log:\n{}",
-                tail(log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    support::run::wait_exit(
+        child,
+        timeout,
+        &format!(" ({what})"),
+        log,
+        Duration::from_millis(50),
+    )
 }
 
 fn wait_running(c: &Case, n: u32) -> serde_json::Value {
-    let deadline = Instant::now() + support::guest_boot_timeout();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(c.run_dir().join("status.json")) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                if v["phase"] == "running" && v["launcher_pid"] != serde_json::Value::Null {
-                    return v;
-                }
-                if v["phase"] == "failed" {
-                    panic!("launcher failed: {v}\n{}", tail(&c.stderr_log(n)));
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "launcher did not reach phase running; log:\n{}",
-            tail(&c.stderr_log(n))
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    support::run::wait_running(
+        &c.run_dir(),
+        &c.stderr_log(n),
+        true,
+        Duration::from_millis(100),
+    )
 }
 
+/// Children of `pid` named `name` (zombies included).
 fn children_named(pid: i32, name: &str) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            for k in kids
-                .split_whitespace()
-                .filter_map(|k| k.parse::<i32>().ok())
-            {
-                let comm = std::fs::read_to_string(format!("/proc/{k}/comm")).unwrap_or_default();
-                if comm.trim() == name {
-                    out.push(k);
-                }
-            }
-        }
-    }
-    out
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
-
-fn kill(pid: i32, sig: &str) {
-    let st = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -{sig} {pid}");
+    children(pid)
+        .into_iter()
+        .filter(|k| comm(*k) == name)
+        .collect()
 }
 
 #[test]

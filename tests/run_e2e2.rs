@@ -12,13 +12,13 @@
 
 mod support;
 
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use support::{require_root, test_guest, wait_for_text, Sandbox, Style};
+use support::run::{alive, children, comm, kill, last_lines, tail};
+use support::{require_root, wait_for_text, Sandbox, Style};
 
 /// One TCG guest at a time.
 static GUEST_LOCK: Mutex<()> = Mutex::new(());
@@ -61,15 +61,7 @@ impl Case {
     fn new(o: Opts) -> Case {
         require_root();
         let pod = Sandbox::create(Style::Flannel);
-        let dir = tempfile::Builder::new()
-            .prefix("run-e2e2-")
-            .tempdir()
-            .expect("temp dir");
-        let kb = dir.path().join("cdd/kernel-boot");
-        std::fs::create_dir_all(&kb).unwrap();
-        let g = test_guest();
-        std::fs::copy(&g.kernel, kb.join("vmlinuz")).unwrap();
-        std::fs::copy(&g.initrd, kb.join("initrd.img")).unwrap();
+        let dir = support::run::case_dir("run-e2e2-", true);
         let reboot = o
             .reboot_policy
             .map(|p| format!("    rebootPolicy: {p}\n"))
@@ -91,17 +83,7 @@ spec:
     resources:
       requests:
         memory: 256Mi
-    firmware:
-      kernelBoot:
-        kernelArgs: "{args}"
-        container:
-          image: registry.example/test-guest:latest
-          kernelPath: /boot/vmlinuz
-          initrdPath: /boot/initrd.img
-    devices:
-      autoattachGraphicsDevice: false
-      interfaces:
-        - name: default
+{kb}        - name: default
           bridge: {{}}
           macAddress: "02:00:00:00:e2:02"
   networks:
@@ -109,7 +91,7 @@ spec:
       pod: {{}}
 "#,
             grace = o.grace,
-            args = support::guest_cmdline(&o.extra_args),
+            kb = support::run::kernel_boot_yaml(&support::guest_cmdline(&o.extra_args)),
         );
         std::fs::write(dir.path().join("vmi.yaml"), vmi).unwrap();
         let before = pod.snapshot();
@@ -139,54 +121,28 @@ spec:
 
     /// Starts `launcher run` in the pod. Without `pid1`, the child's pid is the launcher's.
     fn spawn(&self) -> Child {
-        let log = std::fs::File::create(self.log()).unwrap();
-        let run_dir = self.run_dir();
-        let cdd = self.path("cdd");
-        let vmi = self.path("vmi.yaml");
-        let term = self.path("termination-log");
-        let bin = support::launcher_bin();
-        let mut args: Vec<&str> = Vec::new();
-        if self.o.pid1 {
-            args.extend(["unshare", "--pid", "--fork", "--mount-proc"]);
-        }
-        args.extend([
-            bin.to_str().unwrap(),
-            "run",
-            "--vmi",
-            vmi.to_str().unwrap(),
-            "--run-dir",
-            run_dir.to_str().unwrap(),
-            "--container-disk-dir",
-            cdd.to_str().unwrap(),
-            "--accel",
-            "tcg",
-            "--termination-log",
-            term.to_str().unwrap(),
-            "--log-format",
-            "json",
-        ]);
-        if let Some(u) = &self.o.libvirt_uri {
-            args.extend(["--libvirt-uri", u.as_str()]);
-        }
-        let mut cmd = self.pod.exec_cmd(&args);
+        let wrap: &[&str] = if self.o.pid1 {
+            &["unshare", "--pid", "--fork", "--mount-proc"]
+        } else {
+            &[]
+        };
+        let extra: Vec<&str> = match &self.o.libvirt_uri {
+            Some(u) => vec!["--libvirt-uri", u.as_str()],
+            None => Vec::new(),
+        };
+        let mut cmd = support::run::run_cmd(&self.pod, self.dir.path(), wrap, &extra);
         for (k, v) in &self.o.env {
             cmd.env(k, v);
         }
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawning launcher run")
+        support::run::spawn_logged(cmd, &self.log())
     }
 
     fn status(&self) -> serde_json::Value {
-        let text = std::fs::read_to_string(self.run_dir().join("status.json"))
-            .expect("reading status.json");
-        serde_json::from_str(&text).expect("status.json is JSON")
+        support::run::status(&self.run_dir())
     }
 
     fn serial_log(&self) -> PathBuf {
-        self.run_dir().join(UID).join("virt-serial0-log")
+        support::run::serial_log(&self.run_dir(), UID)
     }
 
     fn serial(&self) -> String {
@@ -215,15 +171,10 @@ spec:
 
     /// `launcher status` in the pod: exit code.
     fn launcher_status(&self) -> i32 {
-        let bin = support::launcher_bin();
-        let rd = self.run_dir();
-        let out = self.pod.exec(&[
-            bin.to_str().unwrap(),
-            "status",
-            "--run-dir",
-            rd.to_str().unwrap(),
-        ]);
-        out.status.code().unwrap_or(-1)
+        support::run::launcher_status(&self.pod, &self.run_dir())
+            .status
+            .code()
+            .unwrap_or(-1)
     }
 
     /// Waits for the test pause at `phase`; panics if the launcher ends first.
@@ -255,35 +206,13 @@ spec:
 
     /// Live processes in the pod's network namespace.
     fn pod_processes(&self) -> Vec<(i32, String)> {
-        let ns = std::fs::metadata(format!("/run/netns/{}", self.pod.info().pod_netns))
-            .expect("pod netns")
-            .ino();
-        let mut out = Vec::new();
-        for e in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            let Ok(m) = std::fs::metadata(format!("/proc/{pid}/ns/net")) else {
-                continue;
-            };
-            if m.ino() == ns && alive(pid) {
-                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-                out.push((pid, comm.trim().to_string()));
-            }
-        }
-        out
+        support::run::pod_processes(&self.pod)
     }
 
     /// No process in the pod, the pod network equals its snapshot, and the domain's persistent
     /// definition is gone from the pod's /etc/libvirt.
     fn assert_clean(&self) {
-        let deadline = Instant::now() + Duration::from_secs(5);
-        let mut procs = self.pod_processes();
-        while !procs.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(200));
-            procs = self.pod_processes();
-        }
-        assert!(procs.is_empty(), "processes left in the pod: {procs:?}");
+        support::run::assert_no_pod_processes(&self.pod);
         assert_eq!(
             self.before,
             self.pod.snapshot(),
@@ -302,74 +231,18 @@ spec:
     }
 }
 
-fn last_lines(t: &str, n: usize) -> String {
-    let lines: Vec<&str> = t.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
-fn tail(p: &Path) -> String {
-    last_lines(&std::fs::read_to_string(p).unwrap_or_default(), 40)
-}
-
 fn wait_exit(child: &mut Child, timeout: Duration, what: &str, log: &Path) -> ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return st;
-        }
-        if start.elapsed() > timeout {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!(
-                "launcher did not exit within {timeout:?} ({what}); its log:\n{}",
-                tail(log)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    support::run::wait_exit(
+        child,
+        timeout,
+        &format!(" ({what})"),
+        log,
+        Duration::from_millis(20),
+    )
 }
 
 fn wait_running(c: &Case) -> serde_json::Value {
-    let deadline = Instant::now() + support::guest_boot_timeout();
-    loop {
-        if let Ok(text) = std::fs::read_to_string(c.run_dir().join("status.json")) {
-            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
-                if v["phase"] == "running" {
-                    return v;
-                }
-                if v["phase"] == "failed" {
-                    panic!("launcher failed: {v}\n{}", tail(&c.log()));
-                }
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "launcher did not reach phase running; log:\n{}",
-            tail(&c.log())
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) {
-        for t in tasks.flatten() {
-            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
-            out.extend(
-                kids.split_whitespace()
-                    .filter_map(|k| k.parse::<i32>().ok()),
-            );
-        }
-    }
-    out
-}
-
-fn comm(pid: i32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .unwrap_or_default()
-        .trim()
-        .to_string()
+    support::run::wait_running(&c.run_dir(), &c.log(), false, Duration::from_millis(50))
 }
 
 fn children_named(pid: i32, name: &str) -> Vec<i32> {
@@ -389,20 +262,6 @@ fn zombie_children(pid: i32) -> Vec<i32> {
                 .unwrap_or(false)
         })
         .collect()
-}
-
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.contains(") Z "))
-        .unwrap_or(false)
-}
-
-fn kill(pid: i32, sig: &str) {
-    let st = Command::new("kill")
-        .args([&format!("-{sig}"), &pid.to_string()])
-        .status()
-        .unwrap();
-    assert!(st.success(), "kill -{sig} {pid}");
 }
 
 /// The qemu process in the pod (host pid).

@@ -20,6 +20,11 @@
 //! and per call, so tests run in parallel, also across test binaries.
 #![allow(dead_code)]
 
+pub mod dhcp_client;
+pub mod golden;
+pub mod run;
+pub mod serve;
+
 use std::fmt;
 use std::fs;
 use std::io::Read;
