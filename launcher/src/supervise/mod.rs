@@ -484,11 +484,24 @@ async fn start_libvirt(
             session::active().map_or_else(|| daemons::OWN_URI.to_string(), |l| l.uri())
         }
     };
-    let lv = lifecycle::Libvirt::connect(&uri, ev_tx)
-        .await
-        .map(|lv| (uri, lv))
-        .map_err(anyhow::Error::new);
-    (started, lv)
+    let lv = match lifecycle::Libvirt::connect(&uri, ev_tx).await {
+        Ok(lv) => lv,
+        Err(e) => return (started, Err(e.into())),
+    };
+    // Have libvirt probe qemu's capabilities now, while render may still run, instead of on
+    // the first define (a fresh pod has a cold capability cache). A failure here is harmless:
+    // define then probes as before.
+    if let Ok(conn) = lv.conn() {
+        let t = Instant::now();
+        match conn.domain_capabilities().await {
+            Ok(_) => tracing::info!(
+                duration_ms = t.elapsed().as_millis() as u64,
+                "libvirt's qemu capabilities are ready"
+            ),
+            Err(e) => tracing::debug!(error = %e, "warming libvirt's qemu capabilities"),
+        }
+    }
+    (started, Ok((uri, lv)))
 }
 
 /// DHCP up, disks, render: the launcher's own work while libvirt starts. `Ok(Err(signal))`

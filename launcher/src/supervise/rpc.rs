@@ -39,6 +39,7 @@ pub const KEEPALIVE_PONG: i32 = 2;
 pub mod procs {
     pub const CONNECT_OPEN: i32 = 1;
     pub const CONNECT_CLOSE: i32 = 2;
+    pub const CONNECT_GET_DOMAIN_CAPABILITIES: i32 = 342;
     pub const AUTH_LIST: i32 = 66;
     pub const DOMAIN_LOOKUP_BY_NAME: i32 = 23;
     pub const DOMAIN_IS_ACTIVE: i32 = 150;
@@ -606,6 +607,22 @@ impl Client {
         }
         self.shared.closing.store(true, Ordering::SeqCst);
         let _ = self.call(procs::CONNECT_CLOSE, Vec::new()).await;
+    }
+
+    /// The domain capabilities of the default emulator (virConnectGetDomainCapabilities with
+    /// no arguments). The first call makes the QEMU driver probe qemu, which the first define
+    /// would otherwise wait for.
+    pub async fn domain_capabilities(&self) -> Result<String, RpcError> {
+        let mut e = Enc::default();
+        e.opt_string(None)
+            .opt_string(None)
+            .opt_string(None)
+            .opt_string(None)
+            .u32(0);
+        let body = self
+            .call(procs::CONNECT_GET_DOMAIN_CAPABILITIES, e.0)
+            .await?;
+        Dec::new(&body).string()
     }
 
     pub async fn lookup_by_name(&self, name: &str) -> Result<DomainRef, RpcError> {
