@@ -278,7 +278,7 @@ pub fn classify(f: &EndFacts) -> Outcome {
             destroyed: f.destroyed_by_us,
         };
     }
-    let shutdown = f.stopped == Some(vc::EVENT_STOPPED_SHUTDOWN as i32);
+    let shutdown = f.stopped == Some(vc::EVENT_STOPPED_SHUTDOWN);
     if f.guest_shutdown || shutdown {
         return Outcome::GuestPoweroff;
     }
