@@ -415,7 +415,6 @@ async fn bring_up(
         Err(by) => return Ok(BringUp::StoppedEarly(by)),
     };
 
-    sw.phase(Phase::LibvirtUp);
     let (uri, lv) = lv?;
     sw.status.libvirt_uri = Some(uri);
     testhook::pause_if_asked(&g.run_dir, Phase::LibvirtUp).await;
@@ -554,6 +553,8 @@ async fn local_bring_up(
         tracing::warn!(path = %xml_path.display(), error = %e, "saving the rendered domain XML");
     }
 
+    // From here on the bring-up waits for what remains of libvirt's start.
+    sw.phase(Phase::LibvirtUp);
     Ok(Ok(xml))
 }
 
