@@ -146,6 +146,16 @@ fn the_rpc_client_defines_sees_events_and_errors_and_notices_a_dead_daemon() {
             }
         );
 
+        // Keepalive is not needed: libvirtd (keepalive_interval 5 s by default) pings only
+        // clients that asked for it, which this one never does. 12 s idle: no PING, and the
+        // connection still answers.
+        tokio::time::sleep(Duration::from_secs(12)).await;
+        assert_eq!(c.pings_answered(), 0, "libvirtd sent keepalive PINGs");
+        assert_eq!(
+            c.get_state(&found).await.unwrap_err().code(),
+            Some(consts::ERR_NO_DOMAIN)
+        );
+
         // The daemon dies: pending and later calls fail, the connection's end is an event.
         let _ = daemon.child.kill();
         let _ = daemon.child.wait();

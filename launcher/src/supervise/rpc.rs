@@ -433,6 +433,8 @@ struct Shared {
     /// Set once we close: the reader then reports no ConnectionClosed.
     closing: AtomicBool,
     dead: AtomicBool,
+    /// Keepalive PINGs the daemon sent (and we answered).
+    pings: AtomicU32,
 }
 
 /// One open connection to a libvirt daemon.
@@ -486,6 +488,7 @@ impl Client {
             callbacks: Mutex::new(Vec::new()),
             closing: AtomicBool::new(false),
             dead: AtomicBool::new(false),
+            pings: AtomicU32::new(0),
         });
         let reader = tokio::spawn(read_loop(rd, writer.clone(), shared.clone(), events));
         let c = Client {
@@ -529,6 +532,11 @@ impl Client {
              which the launcher's client does not do; set auth_unix_rw = \"none\" for it",
             self.socket.display()
         )))
+    }
+
+    /// How many keepalive PINGs the daemon sent on this connection (each answered with a PONG).
+    pub fn pings_answered(&self) -> u32 {
+        self.shared.pings.load(Ordering::SeqCst)
     }
 
     /// Whether the daemon closed the connection.
@@ -747,6 +755,7 @@ async fn read_loop(
                 Err(e) => tracing::warn!(error = %e, "undecodable libvirt event"),
             },
             (KEEPALIVE_PROGRAM, TYPE_MESSAGE) if h.procedure == KEEPALIVE_PING => {
+                shared.pings.fetch_add(1, Ordering::SeqCst);
                 let pong = encode_packet(
                     &Header {
                         program: KEEPALIVE_PROGRAM,
@@ -1087,6 +1096,7 @@ mod tests {
             })
         );
         assert!(c.is_dead());
+        assert_eq!(c.pings_answered(), 1);
         assert!(matches!(c.get_state(&dom()).await, Err(RpcError::Closed)));
         let seen = daemon.await.unwrap();
         assert!(
