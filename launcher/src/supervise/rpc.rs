@@ -428,7 +428,7 @@ type Pending = HashMap<u32, oneshot::Sender<Result<Vec<u8>, RpcError>>>;
 
 struct Shared {
     pending: Mutex<Pending>,
-    /// Callback id → nothing (events of unknown ids are dropped).
+    /// The callback ids registered on this connection (events of other ids are dropped).
     callbacks: Mutex<Vec<i32>>,
     /// Set once we close: the reader then reports no ConnectionClosed.
     closing: AtomicBool,
