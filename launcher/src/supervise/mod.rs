@@ -404,10 +404,10 @@ async fn bring_up(
         })
         .collect();
 
-    // DHCP up, disks, render; then libvirt's daemons. Starting the daemons concurrently with
-    // these steps (right after plumbing) made the Multus macvtap end-to-end test fail 3 times
-    // in 10 (the guest's second NIC got no lease or could not ping; 0 in 5 run in this order,
-    // 0 in 9 for the code before): kept sequential until that is understood (docs/run.md).
+    // DHCP up, disks, render; then libvirt's daemons, as before. A concurrent start (right
+    // after plumbing) saved ~10 ms and came with more failures of l2_e2e's Multus macvtap case
+    // (3 in 10, against 1 in 11 in this order): kept sequential until that is understood
+    // (docs/run.md, "Results on this machine").
     let local = local_bring_up(c, sw, acq, &net, sig).await;
     let (started, lv) = start_libvirt(c, news_tx, ev_tx).await;
     acq.daemons.extend(started);
