@@ -1,8 +1,8 @@
 # syntax=docker/dockerfile:1
 #
 # The launcher pod's image. Two stages:
-#   build    Debian bookworm + the Rust toolchain + libvirt-dev 11.3 (bookworm-backports):
-#            `cargo build --release --locked`.
+#   build    Debian bookworm + the Rust toolchain: `cargo build --release --locked`. The launcher
+#            speaks libvirt's RPC protocol itself, so the build needs no libvirt headers.
 #   runtime  debian:bookworm-slim + exactly the packages in packaging/runtime-packages.txt,
 #            installed by packaging/install-runtime.sh, + the binary. No compiler, no package lists.
 #
@@ -22,10 +22,10 @@
 ARG RUST_VERSION=1.95
 
 FROM rust:${RUST_VERSION}-bookworm AS build
-# Debian packages the build needs, from bookworm-backports. libvirt-dev (11.3) and pkg-config
-# are for the `virt` crate, which links libvirt.so.0; a launcher that speaks libvirt's RPC
-# protocol itself needs none: build with --build-arg BUILD_PACKAGES= (or drop them here).
-ARG BUILD_PACKAGES="libvirt-dev pkg-config"
+# Extra Debian packages for the build (from bookworm-backports), if a fork ever needs any: the
+# launcher links no C library beyond libc (its libvirt client is its own, see
+# launcher/src/supervise/rpc.rs), so the default is none.
+ARG BUILD_PACKAGES=""
 # The image's own Debian source entry, copied with the suite changed: no mirror address here.
 RUN --mount=type=bind,source=packaging,target=/tmp/packaging \
     if [ -n "$BUILD_PACKAGES" ]; then \

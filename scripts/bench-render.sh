@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmark: `launcher render` (release build) for the richest fixture, against `true` as the
-# process-start baseline, and against `launcher --version` (the same binary's own start: it
-# links libvirt.so and ~55 shared libraries, which cost time and RSS before main runs).
+# process-start baseline, and against `launcher --version` (the same binary's own start; it
+# links only libc, libm and libgcc_s).
 # Reports the median wall time of N runs (default 10), the median peak RSS
 # (/usr/bin/time -v), and the work beyond each baseline.
 # Targets (issue 4): < 5 ms beyond process start, < 10 MiB peak RSS.

@@ -17,12 +17,12 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 
 BACKPORTS_PKGS=(
-  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients libvirt-dev qemu-system-x86
+  libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients qemu-system-x86
 )
 MAIN_PKGS=(
   libxml2-utils qemu-utils xorriso ovmf passt nftables dnsmasq-base kea-admin
   isc-dhcp-client busybox-static linux-image-amd64 iproute2 procps cpio kmod
-  util-linux pkg-config iperf3 time jq kea-dhcp4-server g++ debootstrap
+  util-linux iperf3 time jq kea-dhcp4-server g++ debootstrap
 )
 MAIN_PKGS+=(swtpm swtpm-tools) # domain: libvirt refuses <tpm> (emulator) without swtpm
 MAIN_PKGS+=(python3 libseccomp2) # passt_e2e: a seccomp filter (libseccomp via ctypes) that denies user namespaces

@@ -6,59 +6,28 @@
 //! wait for the other, then the end is classified (guest poweroff, stop on request, or crash).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Once};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
-use virt::connect::Connect;
-use virt::domain::Domain;
-use virt::sys as vsys;
 
 use super::daemons::DaemonNews;
+use super::rpc::{consts as vc, Client, DomainRef, Event, RpcError};
 use super::signals::{Reaper, Request};
 use super::SuperviseError;
-use crate::sys::libvirt::{self as shim, Event};
 use crate::sys::proc::PidWatch;
 
 /// How long to wait for the second witness of qemu's end (event or pidfd).
 const END_CONFIRM: Duration = Duration::from_secs(2);
 
-static EVENT_LOOP: Once = Once::new();
-
-/// Starts libvirt's default event loop in a dedicated thread (once per process). Must run before
-/// the first connection is opened, so that the connection uses it.
-pub fn start_event_loop() {
-    EVENT_LOOP.call_once(|| {
-        // libvirt prints every error to stderr by default; ours go through tracing instead.
-        virt::error::clear_error_callback();
-        if let Err(e) = virt::event::event_register_default_impl() {
-            tracing::error!(error = %e, "registering libvirt's default event loop");
-            return;
-        }
-        let spawned = std::thread::Builder::new()
-            .name("libvirt-events".into())
-            .stack_size(256 * 1024)
-            .spawn(|| loop {
-                if let Err(e) = virt::event::event_run_default_impl() {
-                    tracing::warn!(error = %e, "libvirt event loop iteration failed");
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-            });
-        if let Err(e) = spawned {
-            tracing::error!(error = %e, "starting the libvirt event thread");
-        }
-    });
-}
-
-/// One libvirt connection with our callbacks on it.
+/// One libvirt connection (the launcher's own RPC client, [`super::rpc`]) with our event callbacks.
 pub struct Libvirt {
     pub uri: String,
-    conn: Option<Arc<Connect>>,
-    reg: Option<shim::Registration>,
-    sink: shim::Sink,
+    conn: Option<Arc<Client>>,
+    events: mpsc::UnboundedSender<Event>,
 }
 
-fn verr(op: &str, e: virt::error::Error) -> SuperviseError {
+fn verr(op: &str, e: RpcError) -> SuperviseError {
     SuperviseError::Libvirt(format!("{op}: {e}"))
 }
 
@@ -68,15 +37,10 @@ impl Libvirt {
         uri: &str,
         events: mpsc::UnboundedSender<Event>,
     ) -> Result<Self, SuperviseError> {
-        start_event_loop();
-        let sink: shim::Sink = Arc::new(move |e| {
-            let _ = events.send(e);
-        });
         let mut lv = Libvirt {
             uri: uri.to_string(),
             conn: None,
-            reg: None,
-            sink,
+            events,
         };
         lv.reconnect().await?;
         Ok(lv)
@@ -86,19 +50,13 @@ impl Libvirt {
     /// old registrations died with the old connection: KubeVirt's issue #194).
     pub async fn reconnect(&mut self) -> Result<(), SuperviseError> {
         self.close().await;
-        let uri = self.uri.clone();
-        let sink = self.sink.clone();
-        let (conn, reg) = tokio::task::spawn_blocking(move || {
-            let conn = Connect::open(Some(&uri))
-                .map_err(|e| verr(&format!("connecting to libvirt at {uri}"), e))?;
-            let reg = shim::register(&conn, &sink)
-                .map_err(|e| verr("registering libvirt event callbacks", e))?;
-            Ok::<_, SuperviseError>((conn, reg))
-        })
-        .await
-        .map_err(|e| SuperviseError::Libvirt(format!("libvirt task: {e}")))??;
+        let conn = Client::open(&self.uri, self.events.clone())
+            .await
+            .map_err(|e| verr(&format!("connecting to libvirt at {}", self.uri), e))?;
+        conn.register_events()
+            .await
+            .map_err(|e| verr("registering libvirt event callbacks", e))?;
         self.conn = Some(Arc::new(conn));
-        self.reg = Some(reg);
         tracing::info!(uri = %self.uri, "connected to libvirt; event callbacks registered");
         Ok(())
     }
@@ -109,91 +67,76 @@ impl Libvirt {
 
     /// Forgets a connection known to be dead (its callbacks went with it).
     pub fn mark_dead(&mut self) {
-        self.reg = None;
-        if let Some(c) = self.conn.take() {
-            // Closing a dead connection only frees client memory; do it off the async thread.
-            std::thread::spawn(move || {
-                if let Some(mut c) = Arc::into_inner(c) {
-                    let _ = c.close();
-                }
-            });
-        }
+        // Dropping the client stops its reader; the socket closes with it.
+        self.conn = None;
     }
 
     pub async fn close(&mut self) {
-        let reg = self.reg.take();
         if let Some(c) = self.conn.take() {
-            let _ = tokio::task::spawn_blocking(move || {
-                if let Some(r) = reg {
-                    shim::deregister(&c, r);
-                }
-                if let Some(mut c) = Arc::into_inner(c) {
-                    let _ = c.close();
-                }
-            })
-            .await;
+            if !c.is_dead() {
+                c.close().await;
+            }
         }
     }
 
-    /// Runs `f` with the connection on a blocking thread.
-    pub async fn with<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connect) -> Result<T, SuperviseError> + Send + 'static,
-    ) -> Result<T, SuperviseError> {
-        let conn = self
-            .conn
+    /// The open connection.
+    pub fn conn(&self) -> Result<Arc<Client>, SuperviseError> {
+        self.conn
             .clone()
-            .ok_or_else(|| SuperviseError::Libvirt("not connected to libvirt".into()))?;
-        tokio::task::spawn_blocking(move || f(&conn))
-            .await
-            .map_err(|e| SuperviseError::Libvirt(format!("libvirt task: {e}")))?
+            .ok_or_else(|| SuperviseError::Libvirt("not connected to libvirt".into()))
     }
 }
 
 /// Removes any earlier domain of this name (destroying it if it runs), so that define never
 /// meets "already exists" and there is never a second qemu. Returns whether one was found.
-pub fn remove_existing(conn: &Connect, name: &str) -> Result<bool, SuperviseError> {
-    let Ok(dom) = Domain::lookup_by_name(conn, name) else {
+pub async fn remove_existing(conn: &Client, name: &str) -> Result<bool, SuperviseError> {
+    let Ok(dom) = conn.lookup_by_name(name).await else {
         return Ok(false);
     };
-    if dom.is_active().unwrap_or(false) {
+    if conn.is_active(&dom).await.unwrap_or(false) {
         tracing::warn!(
             domain = name,
             "destroying a running domain left by an earlier launcher"
         );
-        dom.destroy()
+        conn.destroy(&dom, 0)
+            .await
             .map_err(|e| verr(&format!("destroying the earlier domain {name}"), e))?;
     }
-    undefine(&dom, name)?;
+    undefine(conn, &dom, name).await?;
     Ok(true)
 }
 
-fn undefine(dom: &Domain, name: &str) -> Result<(), SuperviseError> {
+async fn undefine(conn: &Client, dom: &DomainRef, name: &str) -> Result<(), SuperviseError> {
     // Keep NVRAM (EFI variables are the VM's state); a domain without NVRAM accepts the flag.
-    match dom.undefine_flags(vsys::VIR_DOMAIN_UNDEFINE_KEEP_NVRAM) {
+    match conn.undefine(dom, vc::UNDEFINE_KEEP_NVRAM).await {
         Ok(()) => Ok(()),
-        Err(_) => dom
-            .undefine()
+        Err(RpcError::Remote(_)) => conn
+            .undefine(dom, 0)
+            .await
             .map_err(|e| verr(&format!("undefining domain {name}"), e)),
+        Err(e) => Err(verr(&format!("undefining domain {name}"), e)),
     }
 }
 
-/// Defines and starts the domain; returns the qemu pid (from libvirt's pid file).
-pub fn define_and_start(
-    conn: &Connect,
+/// Defines and starts the domain.
+pub async fn define_and_start(
+    conn: &Client,
     name: &str,
     xml: &str,
     timings: &mut Vec<(&'static str, Duration)>,
 ) -> Result<(), SuperviseError> {
     let t = Instant::now();
-    if remove_existing(conn, name)? {
+    if remove_existing(conn, name).await? {
         tracing::info!(domain = name, "removed an earlier definition of the domain");
     }
-    let dom =
-        Domain::define_xml(conn, xml).map_err(|e| verr(&format!("defining domain {name}"), e))?;
+    let dom = conn
+        .define_xml(xml, 0)
+        .await
+        .map_err(|e| verr(&format!("defining domain {name}"), e))?;
     timings.push(("define", t.elapsed()));
     let t = Instant::now();
-    dom.create()
+    conn.create(&dom, 0)
+        .await
         .map_err(|e| verr(&format!("starting domain {name}"), e))?;
     timings.push(("create", t.elapsed()));
     Ok(())
@@ -273,29 +216,29 @@ impl Outcome {
 
 /// What a `STOPPED` event's detail means.
 pub fn stopped_detail(detail: i32) -> &'static str {
-    match detail as u32 {
-        vsys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN => "shutdown",
-        vsys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED => "destroyed",
-        vsys::VIR_DOMAIN_EVENT_STOPPED_CRASHED => "crashed",
-        vsys::VIR_DOMAIN_EVENT_STOPPED_MIGRATED => "migrated",
-        vsys::VIR_DOMAIN_EVENT_STOPPED_SAVED => "saved",
-        vsys::VIR_DOMAIN_EVENT_STOPPED_FAILED => "failed",
-        vsys::VIR_DOMAIN_EVENT_STOPPED_FROM_SNAPSHOT => "from-snapshot",
+    match detail {
+        vc::EVENT_STOPPED_SHUTDOWN => "shutdown",
+        vc::EVENT_STOPPED_DESTROYED => "destroyed",
+        vc::EVENT_STOPPED_CRASHED => "crashed",
+        vc::EVENT_STOPPED_MIGRATED => "migrated",
+        vc::EVENT_STOPPED_SAVED => "saved",
+        vc::EVENT_STOPPED_FAILED => "failed",
+        vc::EVENT_STOPPED_FROM_SNAPSHOT => "from-snapshot",
         _ => "unknown",
     }
 }
 
 pub fn event_name(event: i32) -> &'static str {
-    match event as u32 {
-        vsys::VIR_DOMAIN_EVENT_DEFINED => "defined",
-        vsys::VIR_DOMAIN_EVENT_UNDEFINED => "undefined",
-        vsys::VIR_DOMAIN_EVENT_STARTED => "started",
-        vsys::VIR_DOMAIN_EVENT_SUSPENDED => "suspended",
-        vsys::VIR_DOMAIN_EVENT_RESUMED => "resumed",
-        vsys::VIR_DOMAIN_EVENT_STOPPED => "stopped",
-        vsys::VIR_DOMAIN_EVENT_SHUTDOWN => "shutdown",
-        vsys::VIR_DOMAIN_EVENT_PMSUSPENDED => "pmsuspended",
-        vsys::VIR_DOMAIN_EVENT_CRASHED => "crashed",
+    match event {
+        vc::EVENT_DEFINED => "defined",
+        vc::EVENT_UNDEFINED => "undefined",
+        vc::EVENT_STARTED => "started",
+        vc::EVENT_SUSPENDED => "suspended",
+        vc::EVENT_RESUMED => "resumed",
+        vc::EVENT_STOPPED => "stopped",
+        vc::EVENT_SHUTDOWN => "shutdown",
+        vc::EVENT_PMSUSPENDED => "pmsuspended",
+        vc::EVENT_CRASHED => "crashed",
         _ => "unknown",
     }
 }
@@ -335,7 +278,7 @@ pub fn classify(f: &EndFacts) -> Outcome {
             destroyed: f.destroyed_by_us,
         };
     }
-    let shutdown = f.stopped == Some(vsys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN as i32);
+    let shutdown = f.stopped == Some(vc::EVENT_STOPPED_SHUTDOWN);
     if f.guest_shutdown || shutdown {
         return Outcome::GuestPoweroff;
     }
@@ -414,10 +357,10 @@ impl Watch<'_> {
                     match ev {
                         Event::Lifecycle { domain, event, detail } if domain == self.name => {
                             tracing::info!(domain = %domain, event = event_name(event), detail, "domain event");
-                            match event as u32 {
-                                vsys::VIR_DOMAIN_EVENT_STARTED | vsys::VIR_DOMAIN_EVENT_RESUMED => started = true,
-                                vsys::VIR_DOMAIN_EVENT_SHUTDOWN if started => facts.guest_shutdown |= facts.requested.is_none(),
-                                vsys::VIR_DOMAIN_EVENT_STOPPED if started => {
+                            match event {
+                                vc::EVENT_STARTED | vc::EVENT_RESUMED => started = true,
+                                vc::EVENT_SHUTDOWN if started => facts.guest_shutdown |= facts.requested.is_none(),
+                                vc::EVENT_STOPPED if started => {
                                     facts.stopped = Some(detail);
                                     if facts.qemu_exited || self.qemu_pid.is_none() {
                                         return self.finish(facts).await;
@@ -531,23 +474,25 @@ impl Watch<'_> {
         }
     }
 
+    /// The domain's `(state, reason)` through the current connection.
+    async fn domain_state(&self) -> Result<(i32, i32), SuperviseError> {
+        let c = self.lv.conn()?;
+        let d = c
+            .lookup_by_name(&self.name)
+            .await
+            .map_err(|e| verr("looking up the domain", e))?;
+        c.get_state(&d).await.map_err(|e| verr("domain state", e))
+    }
+
     /// One reconnect attempt (with the callbacks re-registered); true when connected again.
     async fn reconnect_once(&mut self, started: &mut bool) -> bool {
         if let Err(e) = self.lv.reconnect().await {
             tracing::debug!(error = %e, "reconnecting to libvirt");
             return false;
         }
-        let name = self.name.clone();
-        let state = self
-            .lv
-            .with(move |c| {
-                let d = Domain::lookup_by_name(c, &name)
-                    .map_err(|e| verr("looking up the domain", e))?;
-                d.get_state().map_err(|e| verr("domain state", e))
-            })
-            .await;
+        let state = self.domain_state().await;
         tracing::info!(?state, "domain state after reconnecting");
-        if matches!(state, Ok((s, _)) if s == vsys::VIR_DOMAIN_RUNNING) {
+        if matches!(state, Ok((s, _)) if s == vc::DOMAIN_RUNNING) {
             *started = true;
         }
         true
@@ -557,17 +502,9 @@ impl Watch<'_> {
         for attempt in 0..50 {
             match self.lv.reconnect().await {
                 Ok(()) => {
-                    let name = self.name.clone();
-                    let state = self
-                        .lv
-                        .with(move |c| {
-                            let d = Domain::lookup_by_name(c, &name)
-                                .map_err(|e| verr("looking up the domain", e))?;
-                            d.get_state().map_err(|e| verr("domain state", e))
-                        })
-                        .await;
+                    let state = self.domain_state().await;
                     tracing::info!(?state, "domain state after reconnecting");
-                    if matches!(state, Ok((s, _)) if s == vsys::VIR_DOMAIN_RUNNING) {
+                    if matches!(state, Ok((s, _)) if s == vc::DOMAIN_RUNNING) {
                         *started = true;
                     }
                     return;
@@ -584,16 +521,18 @@ impl Watch<'_> {
 
     /// Sends the ACPI power button; false if libvirt could not be asked.
     async fn shutdown(&mut self) -> bool {
-        let name = self.name.clone();
-        let r = self
-            .lv
-            .with(move |c| {
-                let d = Domain::lookup_by_name(c, &name)
-                    .map_err(|e| verr(&format!("looking up domain {name}"), e))?;
-                d.shutdown_flags(vsys::VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
-                    .map_err(|e| verr(&format!("shutting down domain {name}"), e))
-            })
-            .await;
+        let name = &self.name;
+        let r = async {
+            let c = self.lv.conn()?;
+            let d = c
+                .lookup_by_name(name)
+                .await
+                .map_err(|e| verr(&format!("looking up domain {name}"), e))?;
+            c.shutdown(&d, vc::SHUTDOWN_ACPI_POWER_BTN)
+                .await
+                .map_err(|e| verr(&format!("shutting down domain {name}"), e))
+        }
+        .await;
         match r {
             Ok(_) => true,
             Err(e) => {
@@ -605,16 +544,18 @@ impl Watch<'_> {
 
     async fn destroy(&mut self, facts: &mut EndFacts) {
         facts.destroyed_by_us = true;
-        let name = self.name.clone();
-        let r = self
-            .lv
-            .with(move |c| {
-                let d = Domain::lookup_by_name(c, &name)
-                    .map_err(|e| verr(&format!("looking up domain {name}"), e))?;
-                d.destroy()
-                    .map_err(|e| verr(&format!("destroying domain {name}"), e))
-            })
-            .await;
+        let name = &self.name;
+        let r = async {
+            let c = self.lv.conn()?;
+            let d = c
+                .lookup_by_name(name)
+                .await
+                .map_err(|e| verr(&format!("looking up domain {name}"), e))?;
+            c.destroy(&d, 0)
+                .await
+                .map_err(|e| verr(&format!("destroying domain {name}"), e))
+        }
+        .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "destroy through libvirt failed; killing qemu directly");
             self.kill_qemu();
@@ -676,7 +617,7 @@ mod tests {
     fn guest_poweroff_is_success() {
         let f = EndFacts {
             guest_shutdown: true,
-            stopped: Some(vsys::VIR_DOMAIN_EVENT_STOPPED_SHUTDOWN as i32),
+            stopped: Some(vc::EVENT_STOPPED_SHUTDOWN),
             qemu_exited: true,
             ..Default::default()
         };
@@ -687,7 +628,7 @@ mod tests {
     #[test]
     fn a_killed_qemu_is_a_crash_with_the_reason() {
         let f = EndFacts {
-            stopped: Some(vsys::VIR_DOMAIN_EVENT_STOPPED_FAILED as i32),
+            stopped: Some(vc::EVENT_STOPPED_FAILED),
             qemu_exited: true,
             qemu_pid: Some(99),
             qemu_status: Some("killed by SIGKILL".into()),
@@ -733,7 +674,7 @@ mod tests {
         let f = EndFacts {
             requested: Some("SIGTERM".into()),
             destroyed_by_us: true,
-            stopped: Some(vsys::VIR_DOMAIN_EVENT_STOPPED_DESTROYED as i32),
+            stopped: Some(vc::EVENT_STOPPED_DESTROYED),
             ..Default::default()
         };
         let o = classify(&f);
