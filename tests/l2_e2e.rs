@@ -17,13 +17,10 @@ mod support;
 
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use support::run::{tail, KillOnDrop};
 use support::{line_diff, require_root, tc_snapshot, Sandbox, Style, UdpWitness};
-
-static GUEST_LOCK: Mutex<()> = Mutex::new(());
 
 const PORT: u16 = 8080;
 
@@ -133,7 +130,8 @@ fn node_nc(sb: &Sandbox, host: &str, port: u16) -> (bool, String) {
 
 /// The whole scenario; `check_plumbing` asserts the binding's own devices while the VM runs.
 fn run_case(case: &Case, binding: &str, check_plumbing: impl Fn(&Case)) {
-    let _one = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // One guest at a time, in this process and in any other checkout's tests on this machine.
+    let _one = support::host_lock("macvtap-guests");
     let info = case.sb.info().clone();
     let calico = info.style == "calico";
 
@@ -300,7 +298,8 @@ impl Drop for Dnsmasq {
 /// including the macvtap's MAC.
 #[test]
 fn macvtap_on_multus_attaches_to_the_existing_macvtap_real_guest() {
-    let _one = GUEST_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    // One guest at a time, in this process and in any other checkout's tests on this machine.
+    let _one = support::host_lock("macvtap-guests");
     const GUEST2_MAC: &str = "02:00:00:00:aa:01";
     const GUEST2_IP: &str = "10.245.7.55";
     let case = Case::new_with(

@@ -34,6 +34,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+/// A lock held across every process on this machine (an exclusive `flock` on
+/// `/run/launcher-tests-<name>.lock`), released when dropped. For what the sandbox shares
+/// between pods: `/dev/tapN` of a macvtap is named by its ifindex, which is per network
+/// namespace, while the sandbox pods share the host's devtmpfs. Two pods whose macvtaps get the
+/// same ifindex (likely: fresh namespaces number alike) would share one `/dev/tapN`, and the
+/// second guest would attach to the first pod's device. A real pod has its own `/dev`.
+pub fn host_lock(name: &str) -> nix::fcntl::Flock<fs::File> {
+    let path = format!("/run/launcher-tests-{name}.lock");
+    let f = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .unwrap_or_else(|e| panic!("opening {path}: {e}"));
+    nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
+        .unwrap_or_else(|(_, e)| panic!("locking {path}: {e}"))
+}
+
 /// Panics (never skips) when the test does not run as root.
 pub fn require_root() {
     let status = fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
