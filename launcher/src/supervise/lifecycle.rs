@@ -474,13 +474,19 @@ impl Watch<'_> {
         }
     }
 
-    /// The domain's `(state, reason)` through the current connection.
-    async fn domain_state(&self) -> Result<(i32, i32), SuperviseError> {
+    /// The current connection and our domain on it.
+    async fn our_domain(&self) -> Result<(Arc<Client>, DomainRef), SuperviseError> {
         let c = self.lv.conn()?;
         let d = c
             .lookup_by_name(&self.name)
             .await
-            .map_err(|e| verr("looking up the domain", e))?;
+            .map_err(|e| verr(&format!("looking up domain {}", self.name), e))?;
+        Ok((c, d))
+    }
+
+    /// The domain's `(state, reason)` through the current connection.
+    async fn domain_state(&self) -> Result<(i32, i32), SuperviseError> {
+        let (c, d) = self.our_domain().await?;
         c.get_state(&d).await.map_err(|e| verr("domain state", e))
     }
 
@@ -521,16 +527,11 @@ impl Watch<'_> {
 
     /// Sends the ACPI power button; false if libvirt could not be asked.
     async fn shutdown(&mut self) -> bool {
-        let name = &self.name;
         let r = async {
-            let c = self.lv.conn()?;
-            let d = c
-                .lookup_by_name(name)
-                .await
-                .map_err(|e| verr(&format!("looking up domain {name}"), e))?;
+            let (c, d) = self.our_domain().await?;
             c.shutdown(&d, vc::SHUTDOWN_ACPI_POWER_BTN)
                 .await
-                .map_err(|e| verr(&format!("shutting down domain {name}"), e))
+                .map_err(|e| verr(&format!("shutting down domain {}", self.name), e))
         }
         .await;
         match r {
@@ -544,16 +545,11 @@ impl Watch<'_> {
 
     async fn destroy(&mut self, facts: &mut EndFacts) {
         facts.destroyed_by_us = true;
-        let name = &self.name;
         let r = async {
-            let c = self.lv.conn()?;
-            let d = c
-                .lookup_by_name(name)
-                .await
-                .map_err(|e| verr(&format!("looking up domain {name}"), e))?;
+            let (c, d) = self.our_domain().await?;
             c.destroy(&d, 0)
                 .await
-                .map_err(|e| verr(&format!("destroying domain {name}"), e))
+                .map_err(|e| verr(&format!("destroying domain {}", self.name), e))
         }
         .await;
         if let Err(e) = r {
