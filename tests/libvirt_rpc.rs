@@ -8,69 +8,14 @@
 
 mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use launcher::supervise::rpc::{consts, Client, Event, RpcError};
+use support::libvirtd::PodLibvirtd;
 use support::{require_root, Sandbox, Style};
 use tokio::sync::mpsc;
 
 const DOMAIN: &str = "runperf-rpc-test";
-
-struct Daemon {
-    child: Child,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn start_libvirtd(pod: &Sandbox, dir: &Path) -> (Daemon, PathBuf) {
-    let sock_dir = dir.join("sock");
-    std::fs::create_dir_all(&sock_dir).unwrap();
-    let conf = dir.join("libvirtd.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "listen_tls = 0\nlisten_tcp = 0\nunix_sock_dir = \"{}\"\n\
-             unix_sock_rw_perms = \"0700\"\nauth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\n\
-             log_outputs = \"3:stderr\"\n",
-            sock_dir.display()
-        ),
-    )
-    .unwrap();
-    pod.sh(
-        "cat > /etc/libvirt/qemu.conf <<'EOF'\nuser = \"root\"\ngroup = \"root\"\n\
-         dynamic_ownership = 0\nremember_owner = 0\nnamespaces = [ ]\n\
-         cgroup_controllers = [ ]\nsecurity_driver = \"none\"\nstdio_handler = \"file\"\nEOF",
-    );
-    let log = std::fs::File::create(dir.join("libvirtd.log")).unwrap();
-    let pidf = dir.join("libvirtd.pid");
-    let child = pod
-        .exec_cmd(&[
-            "libvirtd",
-            "-f",
-            conf.to_str().unwrap(),
-            "-p",
-            pidf.to_str().unwrap(),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .expect("starting libvirtd in the pod");
-    let sock = sock_dir.join("libvirt-sock");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !sock.exists() {
-        assert!(Instant::now() < deadline, "libvirtd did not come up");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    (Daemon { child }, sock)
-}
 
 async fn next_event(rx: &mut mpsc::UnboundedReceiver<Event>) -> Event {
     tokio::time::timeout(Duration::from_secs(20), rx.recv())
@@ -87,7 +32,9 @@ fn the_rpc_client_defines_sees_events_and_errors_and_notices_a_dead_daemon() {
         .prefix("runperf-rpc-")
         .tempdir()
         .unwrap();
-    let (mut daemon, sock) = start_libvirtd(&pod, dir.path());
+    let mut daemon = PodLibvirtd::new(&pod, dir.path().to_path_buf(), "libvirtd in the pod");
+    daemon.start(&pod);
+    let sock = daemon.socket();
     let uri = format!("qemu+unix:///system?socket={}", sock.display());
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -157,8 +104,7 @@ fn the_rpc_client_defines_sees_events_and_errors_and_notices_a_dead_daemon() {
         );
 
         // The daemon dies: pending and later calls fail, the connection's end is an event.
-        let _ = daemon.child.kill();
-        let _ = daemon.child.wait();
+        daemon.kill9();
         assert_eq!(
             next_event(&mut rx).await,
             Event::ConnectionClosed {

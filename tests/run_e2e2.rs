@@ -13,10 +13,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use support::libvirtd::PodLibvirtd;
 use support::run::{alive, children, comm, kill, last_lines, tail};
 use support::{require_root, wait_for_text, Sandbox, Style};
 
@@ -714,111 +715,13 @@ fn a_guest_reboot_with_reboot_policy_terminate_ends_the_run_with_exit_0() {
 // (this test): the launcher reconnects, re-registers its callbacks (a guest poweroff afterwards
 // is still seen through events: exit 0, not a crash) and never manages that daemon's life.
 
-/// A libvirtd the test runs in the pod, with its own config, socket dir and pid file.
-struct ExternalLibvirtd {
-    dir: PathBuf,
-    child: Option<Child>,
-    starts: u32,
+/// A libvirtd the test runs in the pod (its own config, socket dir and pid file).
+fn external_libvirtd(c: &Case) -> PodLibvirtd {
+    PodLibvirtd::new(&c.pod, c.path("extlv"), "the external libvirtd")
 }
 
-impl ExternalLibvirtd {
-    fn new(c: &Case) -> ExternalLibvirtd {
-        let dir = c.path("extlv");
-        std::fs::create_dir_all(dir.join("sock")).unwrap();
-        std::fs::write(
-            dir.join("libvirtd.conf"),
-            format!(
-                "listen_tls = 0\nlisten_tcp = 0\nunix_sock_dir = \"{}\"\n\
-                 unix_sock_rw_perms = \"0700\"\nauth_unix_ro = \"none\"\nauth_unix_rw = \"none\"\n\
-                 log_outputs = \"3:stderr\"\n",
-                dir.join("sock").display()
-            ),
-        )
-        .unwrap();
-        // The pod's own /etc/libvirt (a private tmpfs): the QEMU driver reads only this path.
-        c.pod.sh(
-            "cat > /etc/libvirt/qemu.conf <<'EOF'\nuser = \"root\"\ngroup = \"root\"\n\
-             dynamic_ownership = 0\nremember_owner = 0\nnamespaces = [ ]\n\
-             cgroup_controllers = [ ]\nsecurity_driver = \"none\"\nstdio_handler = \"file\"\nEOF",
-        );
-        ExternalLibvirtd {
-            dir,
-            child: None,
-            starts: 0,
-        }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.join("sock/libvirt-sock")
-    }
-
-    fn uri(&self) -> String {
-        format!("qemu:///system?socket={}", self.socket().display())
-    }
-
-    fn start(&mut self, c: &Case) {
-        let _ = std::fs::remove_file(self.socket());
-        self.starts += 1;
-        let log =
-            std::fs::File::create(self.dir.join(format!("libvirtd-{}.log", self.starts))).unwrap();
-        let conf = self.dir.join("libvirtd.conf");
-        let pidf = self.dir.join("libvirtd.pid");
-        let child = c
-            .pod
-            .exec_cmd(&[
-                "libvirtd",
-                "-f",
-                conf.to_str().unwrap(),
-                "-p",
-                pidf.to_str().unwrap(),
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("starting the external libvirtd");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while !self.socket().exists() {
-            assert!(
-                Instant::now() < deadline,
-                "external libvirtd did not come up"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn pid(&self) -> i32 {
-        self.child.as_ref().unwrap().id() as i32
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut ch) = self.child.take() {
-            let _ = ch.kill();
-            let _ = ch.wait();
-        }
-    }
-
-    fn stop(&mut self) {
-        if let Some(mut ch) = self.child.take() {
-            kill(ch.id() as i32, "TERM");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while ch.try_wait().unwrap().is_none() {
-                if Instant::now() > deadline {
-                    let _ = ch.kill();
-                    let _ = ch.wait();
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-    }
-}
-
-impl Drop for ExternalLibvirtd {
-    fn drop(&mut self) {
-        self.kill9();
-    }
+fn uri_of(lv: &PodLibvirtd) -> String {
+    format!("qemu:///system?socket={}", lv.socket().display())
 }
 
 fn count_in_log(c: &Case, needle: &str) -> usize {
@@ -832,12 +735,12 @@ fn count_in_log(c: &Case, needle: &str) -> usize {
 fn an_external_libvirtd_killed_and_restarted_is_reconnected_and_events_still_arrive() {
     let _g = GUEST_LOCK.lock().unwrap_or_else(|p| p.into_inner());
     let mut c = Case::new(Opts::default());
-    let mut lv = ExternalLibvirtd::new(&c);
-    lv.start(&c);
-    c.o.libvirt_uri = Some(lv.uri());
+    let mut lv = external_libvirtd(&c);
+    lv.start(&c.pod);
+    c.o.libvirt_uri = Some(uri_of(&lv));
     let mut child = c.spawn();
     let s = wait_running(&c);
-    assert_eq!(s["libvirt_uri"], lv.uri().as_str(), "{s}");
+    assert_eq!(s["libvirt_uri"], uri_of(&lv).as_str(), "{s}");
     let launcher = child.id() as i32;
     assert!(
         children_named(launcher, "libvirtd").is_empty()
@@ -856,7 +759,7 @@ fn an_external_libvirtd_killed_and_restarted_is_reconnected_and_events_still_arr
     std::thread::sleep(Duration::from_secs(15));
     assert!(child.try_wait().unwrap().is_none(), "{}", tail(&c.log()));
     assert!(alive(qemu), "the guest runs on while libvirtd is down");
-    lv.start(&c);
+    lv.start(&c.pod);
     let deadline = Instant::now() + Duration::from_secs(30);
     while count_in_log(&c, "domain state after reconnecting") < 1 {
         assert!(
@@ -881,7 +784,7 @@ fn an_external_libvirtd_killed_and_restarted_is_reconnected_and_events_still_arr
 
     // The guest powers off (ACPI button through the restarted daemon). Only the re-registered
     // callbacks tell the launcher it was a poweroff; without events qemu's exit is a crash (4).
-    let uri = lv.uri();
+    let uri = uri_of(&lv);
     let out = c.pod.exec(&["virsh", "-c", &uri, "shutdown", DOMAIN]);
     assert!(
         out.status.success(),

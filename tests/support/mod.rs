@@ -22,6 +22,7 @@
 
 pub mod dhcp_client;
 pub mod golden;
+pub mod libvirtd;
 pub mod run;
 pub mod serve;
 
