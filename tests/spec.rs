@@ -478,3 +478,24 @@ fn defaults_are_idempotent_on_every_example_and_fixture() {
     }
     assert!(checked >= 30, "only {checked} files checked");
 }
+
+/// `run --libvirt-uri` with a URI the launcher's own libvirt client cannot reach is a usage
+/// error (exit 2) found before anything else: here even before the missing VMI file is read.
+#[test]
+fn run_refuses_a_remote_libvirt_uri_before_anything_else() {
+    let out = launcher()
+        .args([
+            "run",
+            "--libvirt-uri",
+            "qemu+tcp://node1/system",
+            "--vmi",
+            "/nonexistent/vmi.yaml",
+        ])
+        .output()
+        .expect("running the launcher binary");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("--libvirt-uri"), "{err}");
+    assert!(err.contains("built-in libvirt client"), "{err}");
+    assert!(!err.contains("nonexistent"), "{err}");
+}

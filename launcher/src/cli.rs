@@ -131,8 +131,9 @@ pub struct DhcpServeArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct RunArgs {
-    /// Use an existing libvirt daemon instead of starting one (e.g. qemu:///system).
-    #[arg(long, value_name = "URI")]
+    /// Use an existing libvirt daemon instead of starting one (e.g. qemu:///system). Only local
+    /// URIs: qemu:///system, qemu:///session, qemu+unix:///system?socket=PATH.
+    #[arg(long, value_name = "URI", value_parser = parse_libvirt_uri)]
     pub libvirt_uri: Option<String>,
 
     /// Where the final reason is written (Kubernetes' terminationMessagePath).
@@ -167,6 +168,14 @@ pub struct NetworkSetupArgs {
     pub serve: bool,
 }
 
+/// Refuses, as a usage error before anything is touched, a URI the launcher's own libvirt client
+/// cannot reach (a remote transport, another driver).
+fn parse_libvirt_uri(s: &str) -> Result<String, String> {
+    crate::supervise::rpc::resolve_uri(s)
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -175,6 +184,31 @@ mod tests {
     #[test]
     fn cli_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn an_unreachable_libvirt_uri_is_a_usage_error() {
+        let parse = |uri: &str| Cli::try_parse_from(["launcher", "run", "--libvirt-uri", uri]);
+        for bad in [
+            "qemu+tcp://host/system",
+            "qemu+ssh://host/system",
+            "xen:///system",
+            "qemu",
+        ] {
+            let e = parse(bad).expect_err(bad);
+            assert_eq!(
+                e.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{bad}: {e}"
+            );
+            assert!(e.to_string().contains("built-in libvirt client"), "{e}");
+        }
+        for good in [
+            "qemu:///system",
+            "qemu+unix:///system?socket=/x/libvirt-sock",
+        ] {
+            parse(good).expect(good);
+        }
     }
 
     #[test]
